@@ -223,7 +223,28 @@ def recipe_from_dict(
     check_paths: bool = True,
 ) -> Recipe:
     raw = _apply_overrides(raw, overrides, source)
-    return _convert(Recipe, raw, "", _Context(source, base_dir or Path.cwd(), check_paths))
+    ctx = _Context(source, base_dir or Path.cwd(), check_paths)
+    recipe = _convert(Recipe, raw, "", ctx)
+    _check_recipe(recipe, ctx)
+    return recipe
+
+
+def _check_recipe(r: Recipe, ctx: _Context) -> None:
+    """Rules that span several keys."""
+    d = r.data
+    if d.source == "folder" and d.root is None:
+        _fail(ctx, "data.root", "required when data.source is 'folder' (the class-per-folder tree)")
+    if d.source == "csv":
+        if d.train_csv is None:
+            _fail(ctx, "data.train_csv", "required when data.source is 'csv'")
+        if d.root is None:
+            _fail(ctx, "data.root", "required when data.source is 'csv' (the image folder)")
+    if d.val_fraction + d.test_fraction >= 0.9:
+        _fail(ctx, "data.test_fraction", f"val_fraction + test_fraction = {d.val_fraction + d.test_fraction:g} leaves too little to train on (keep it below 0.9)")
+    if r.teacher.pretrained and r.teacher.weights:
+        _fail(ctx, "teacher.weights", "set either teacher.pretrained (hub) or teacher.weights (local file), not both")
+    if not r.name or any(c in r.name for c in "/\\"):
+        _fail(ctx, "name", f"'{r.name}' cannot name a run folder (use letters, digits, '-', '_')")
 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:

@@ -1,0 +1,59 @@
+"""The ``fopro-edge`` command line: thin click commands over the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from fopro_edge.errors import FoproEdgeError
+
+
+class _Group(click.Group):
+    """Turns library errors into one-line messages with their own exit codes (``--debug`` re-raises)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FoproEdgeError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug logs).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="fopro-edge")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+    """Distil long-tailed image classifiers with FoPro-KD and ship them to edge devices
+    with a rare-class accuracy gate after every export step."""
+    ctx.obj = {"debug": debug}
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 or debug else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2 and not debug:
+        for noisy in ("PIL", "matplotlib", "nncf", "timm"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _register() -> None:
+    from fopro_edge.cli import distill_cmd
+
+    cli.add_command(distill_cmd.distill)
+    for module_name, attr in (("export_cmd", "export"), ("eval_cmd", "evaluate"), ("bench_cmd", "bench"), ("run_cmd", "run")):
+        try:
+            module = __import__(f"fopro_edge.cli.{module_name}", fromlist=[attr])
+        except ModuleNotFoundError as e:
+            if e.name != f"fopro_edge.cli.{module_name}":
+                raise
+            continue
+        cli.add_command(getattr(module, attr))
+
+
+def main() -> None:
+    _register()
+    cli(prog_name="fopro-edge")

@@ -1,0 +1,85 @@
+"""Checkpoints: written atomically, read with ``weights_only=True`` (a file carrying code is refused)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fopro_edge.errors import ConfigError
+from fopro_edge.io import atomic_torch_save
+
+FORMAT = "fopro-edge-checkpoint/1"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_torch_save(path, {"format": FORMAT, **state})
+
+
+def load_checkpoint(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{key}: checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors of any kind mean "not a safe checkpoint"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(
+            f"{key}: {path} is not a loadable fopro-edge checkpoint ({first}); only tensors and plain data are accepted"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"{key}: {path} is not a fopro-edge checkpoint (no '{FORMAT}' format tag)")
+    return state
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StudentInfo:
+    """What an exporter needs to know about a trained student."""
+
+    model: str
+    class_names: list[str]
+    rare_classes: list[str]
+    image_size: int
+    checkpoint: str
+    sha256: str
+    recipe: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def load_student(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the student of a checkpoint (eval mode) and return it with its :class:`StudentInfo`."""
+    from fopro_edge.config import recipe_from_dict
+    from fopro_edge.models.student import build_student
+
+    state = load_checkpoint(path)
+    recipe = recipe_from_dict(state["recipe"], source=f"{path} (embedded recipe)", check_paths=False)
+    student = build_student(
+        type(recipe.student)(**{**recipe.student.__dict__, "pretrained": False, "weights": None}),
+        num_classes=len(state["class_names"]),
+    )
+    try:
+        student.load_state_dict(state["student"])
+    except RuntimeError as e:
+        raise ConfigError(f"checkpoint: {path}: weights do not fit '{recipe.student.model}': {str(e).splitlines()[0]}") from None
+    info = StudentInfo(
+        model=recipe.student.model,
+        class_names=list(state["class_names"]),
+        rare_classes=list(state["rare_classes"]),
+        image_size=int(state["image_size"]),
+        checkpoint=str(path),
+        sha256=file_sha256(path),
+        recipe=state["recipe"],
+        metrics=dict(state.get("metrics") or {}),
+    )
+    return student.to(device).eval(), info

