@@ -177,7 +177,7 @@ def test_dc_is_kept() -> None:
 def test_band_restriction(band: str) -> None:
     size, radius = 32, 0.25
     x = mid_grey((size, size), contrast=0.05)
-    fpg = FourierPromptGenerator(size, alpha=0.5, band=band, band_radius=radius, conditional=True)  # type: ignore[arg-type]
+    fpg = FourierPromptGenerator(size, alpha=0.5, band=band, band_radius=radius)  # type: ignore[arg-type]
     torch.manual_seed(2)
     with torch.no_grad():
         fpg.prompt.normal_(0, 3.0)

@@ -38,7 +38,9 @@ class ImageList:
         self.class_names = tuple(str(c) for c in self.class_names)
         if isinstance(self.refs, np.ndarray):
             if self.refs.dtype != np.uint8 or self.refs.ndim not in (3, 4):
-                raise ValueError(f"in-memory images must be uint8 N×H×W[×C], got {self.refs.dtype} {self.refs.shape}")
+                raise ValueError(
+                    f"in-memory images must be uint8 N×H×W[×C], got {self.refs.dtype} {self.refs.shape}"
+                )
             if self.refs.ndim == 4 and self.refs.shape[-1] not in (1, 3, 4):
                 raise ValueError(f"in-memory images need 1, 3 or 4 channels, got {self.refs.shape[-1]}")
             if self.source_ids is None:
@@ -50,7 +52,8 @@ class ImageList:
         if len(self.refs) != len(self.labels):
             raise ValueError(f"{len(self.refs)} images but {len(self.labels)} labels")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
-            raise ValueError(f"labels must lie in [0, {len(self.class_names)}), got {self.labels.min()}..{self.labels.max()}")
+            lo, hi = self.labels.min(), self.labels.max()
+            raise ValueError(f"labels must lie in [0, {len(self.class_names)}), got {lo}..{hi}")
 
     def __len__(self) -> int:
         return len(self.labels)

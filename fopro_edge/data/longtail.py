@@ -41,6 +41,10 @@ class LongTailStats:
             raise ValueError(f"unknown group {group!r} (one of {', '.join(GROUPS)})")
         return tuple(i for i, g in enumerate(self.groups) if g == group)
 
+    def group_of(self) -> dict[str, str]:
+        """Class name -> 'many' | 'medium' | 'few'."""
+        return dict(zip(self.class_names, self.groups))
+
     def class_priors(self) -> np.ndarray:
         """Train class frequencies (sum to 1), float64."""
         c = np.asarray(self.counts, dtype=np.float64)
@@ -51,7 +55,7 @@ class LongTailStats:
             "class_names": list(self.class_names),
             "counts": list(self.counts),
             "imbalance_ratio": self.imbalance_ratio if math.isfinite(self.imbalance_ratio) else None,
-            "groups": dict(zip(self.class_names, self.groups)),
+            "groups": self.group_of(),
             "group_members": {g: [self.class_names[i] for i in self.group_ids(g)] for g in GROUPS},
             "rare_classes": list(self.rare_classes),
         }

@@ -81,7 +81,8 @@ def scan_folder_tree(root: str | Path) -> ImageList:
     if not found:
         exts = "/".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
         raise DataError(
-            f"{root}: no images found (expected class folders of {exts} files, e.g. {root}/<class>/img.jpg; check data.root)"
+            f"{root}: no images found (expected class folders of {exts} files, "
+            f"e.g. {root}/<class>/img.jpg; check data.root)"
         )
     names = tuple(sorted(found))
     refs: list[str] = []
@@ -124,7 +125,9 @@ def read_csv_split(
     if ints is not None:
         y = np.asarray(ints, dtype=np.int64)
         if y.min() < 0:
-            raise DataError(f"{csv_path}: column '{label_column}' has a negative label ({y.min()}); labels are class indices from 0")
+            raise DataError(
+                f"{csv_path}: column '{label_column}' has a negative label ({y.min()}); labels are class indices from 0"
+            )
         if class_names is not None:
             names = tuple(class_names)
             if y.max() >= len(names):
@@ -159,7 +162,8 @@ def read_csv_split(
         missing = _missing_files(paths, image_dir)
         if missing:
             if on_missing == "skip":
-                logger.warning("%s: skipping %d row(s) whose image is missing, first: %s", csv_path, len(missing), paths[missing[0]])
+                first = paths[missing[0]]
+                logger.warning("%s: skipping %d row(s) whose image is missing, first: %s", csv_path, len(missing), first)
                 images = images.subset(np.setdiff1d(np.arange(len(paths)), missing))
             else:
                 raise DataError(
@@ -176,7 +180,9 @@ def _read_rows(csv_path: Path, image_column: str, label_column: str) -> tuple[li
             reader = csv.reader(f)
             header = next((r for r in reader if any(c.strip() for c in r)), None)
             if header is None:
-                raise DataError(f"{csv_path}: the CSV file is empty (expected a header row, e.g. image,finding_name,finding)")
+                raise DataError(
+                    f"{csv_path}: the CSV file is empty (expected a header row, e.g. image,finding_name,finding)"
+                )
             header = [h.strip() for h in header]
             for col, key in ((image_column, "data.image_column"), (label_column, "data.label_column")):
                 if col not in header:
@@ -190,10 +196,14 @@ def _read_rows(csv_path: Path, image_column: str, label_column: str) -> tuple[li
                 if not any(c.strip() for c in r):
                     continue
                 if len(r) != len(header):
-                    raise DataError(f"{csv_path}: line {reader.line_num} has {len(r)} fields, the header has {len(header)}")
+                    raise DataError(
+                        f"{csv_path}: line {reader.line_num} has {len(r)} fields, the header has {len(header)}"
+                    )
                 image, label = r[ii].strip(), r[li].strip()
                 if not image or not label:
-                    raise DataError(f"{csv_path}: line {reader.line_num}: empty '{image_column}' or '{label_column}' value")
+                    raise DataError(
+                        f"{csv_path}: line {reader.line_num}: empty '{image_column}' or '{label_column}' value"
+                    )
                 rows.append((image, label, r[ni].strip() if ni is not None else ""))
     except UnicodeDecodeError as e:
         raise DataError(f"{csv_path}: not a UTF-8 text CSV ({e.reason}); save it as UTF-8") from None
@@ -227,7 +237,9 @@ def _integer_class_names(
         if header == _ISIC_HEADER and label_column == "finding" and num == len(ISIC2019_CLASSES):
             expected = {k: {str(_ISIC2019_ORIGINAL_ORDER.index(n))} for k, n in enumerate(ISIC2019_CLASSES)}
             if any(by_label.get(k, expected[k]) != expected[k] for k in range(num)):
-                logger.warning("%s: finding_name does not match the usual ISIC-2019 order; names may be wrong", csv_path)
+                logger.warning(
+                    "%s: finding_name does not match the usual ISIC-2019 order; names may be wrong", csv_path
+                )
             return ISIC2019_CLASSES
     return tuple(f"class_{k}" for k in range(num))
 

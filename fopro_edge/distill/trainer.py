@@ -60,7 +60,7 @@ def distill(
     """Train the student of ``recipe`` into ``run_dir`` and evaluate its best checkpoint on the test split."""
     rt = setup_runtime(recipe.runtime, device)
     try:
-        return _Trainer(recipe, run_dir, rt, progress=_want_progress(progress, rt)).run(resume=resume)
+        return Trainer(recipe, run_dir, rt, progress=_want_progress(progress, rt)).run(resume=resume)
     finally:
         teardown_runtime(rt)
 
@@ -69,7 +69,9 @@ def _want_progress(progress: bool | None, rt: Runtime) -> bool:
     return rt.is_main and (sys.stderr.isatty() if progress is None else progress)
 
 
-class _Trainer:
+class Trainer:
+    """Holds the models, optimisers and loaders of one run; :func:`distill` drives it."""
+
     def __init__(self, recipe: Recipe, run_dir: RunDir, rt: Runtime, *, progress: bool) -> None:
         self.recipe, self.run_dir, self.rt, self.progress = recipe, run_dir, rt, progress
         d = recipe.data
@@ -209,7 +211,7 @@ class _Trainer:
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.recipe.distill.epochs}", leave=False, file=sys.stderr)
         for i, (x, y, _) in enumerate(self.loader):
             step = epoch * self.steps_per_epoch + i
-            terms = self._train_step(x, y, step)
+            terms = self.train_step(x, y, step)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -226,7 +228,7 @@ class _Trainer:
         out["epoch_seconds"] = seconds
         return out
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         rt, r = self.rt, self.recipe
         x = x.to(rt.device, non_blocking=True)
         y = y.to(rt.device, non_blocking=True)

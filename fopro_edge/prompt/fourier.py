@@ -30,7 +30,9 @@ def radial_frequency(h: int, w: int, device: torch.device | str | None = None) -
     return r.clamp_(max=1.0)
 
 
-def band_mask(h: int, w: int, band: Band = "all", radius: float = 0.25, device: torch.device | str | None = None) -> Tensor:
+def band_mask(
+    h: int, w: int, band: Band = "all", radius: float = 0.25, device: torch.device | str | None = None
+) -> Tensor:
     """0/1 float mask ``(h, w//2+1)`` of the bins where gains may act; the DC bin is always 0.
 
     ``low``: radial frequency ``<= radius``; ``high``: ``> radius``; ``all``: every bin but DC.
@@ -79,7 +81,9 @@ def hermitian_symmetrise(log_gain: Tensor, w: int) -> Tensor:
     return out
 
 
-def apply_gain_spectrum(spectrum: Tensor, log_gain: Tensor, size: tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
+def apply_gain_spectrum(
+    spectrum: Tensor, log_gain: Tensor, size: tuple[int, int], dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Multiply the amplitude by ``exp(log_gain)`` keeping the phase, inverse FFT, clamp to ``[0, 1]``.
 
     ``spectrum`` comes from :func:`rfft_image`; ``log_gain`` broadcasts to it; ``size`` is the

@@ -86,7 +86,12 @@ class FourierPromptGenerator(nn.Module):
         self.register_buffer("mask", band_mask(h, w, band, band_radius), persistent=False)
         self._active_bins = int(self.mask.sum().item())
         if self._active_bins == 0:
-            log.warning("FPG band %r with radius %s holds no frequency bin at size %s: it is the identity", band, band_radius, self.size)
+            log.warning(
+                "FPG band %r with radius %s holds no frequency bin at size %s: it is the identity",
+                band,
+                band_radius,
+                self.size,
+            )
         self.cond: nn.Sequential | None = None
         if conditional:
             last = _SpectralConv3x3(conditional_channels, channels)
@@ -95,7 +100,9 @@ class FourierPromptGenerator(nn.Module):
             self.cond = nn.Sequential(_SpectralConv3x3(channels, conditional_channels), nn.GELU(), last)
 
     @classmethod
-    def from_config(cls, cfg: PromptConfig, image_size: int | tuple[int, int], channels: int = 3) -> FourierPromptGenerator:
+    def from_config(
+        cls, cfg: PromptConfig, image_size: int | tuple[int, int], channels: int = 3
+    ) -> FourierPromptGenerator:
         """Build from the recipe's ``prompt`` section."""
         return cls(
             image_size,

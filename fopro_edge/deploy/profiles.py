@@ -1,0 +1,271 @@
+"""Export profiles: one frozen dataclass per target, loaded strictly from ``export/<target>.yaml``.
+
+Layers, later wins: the dataclass defaults < ``export/<target>.yaml`` (or ``--profile FILE``) <
+the recipe's ``export.<target>`` section < command-line overrides. Every layer is validated on its
+own, so an error names the file (or the command line) and the dotted key, in the recipe's format:
+``FILE: dotted.key: problem (did you mean ...)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fopro_edge.config import _Context, _convert, parse_override  # one schema engine, one error format
+from fopro_edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("onnx", "onnxruntime", "openvino", "tensorrt")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict:
+    return {"min": lo, "max": hi}
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The rare-class gate run after every step (artifact vs the PyTorch student, image by image)."""
+
+    split: Literal["val", "test"] = "val"
+    max_images: int | None = field(default=None, metadata=_range(1))  # None: the whole split
+    batch_size: int = field(default=32, metadata=_range(1))
+    max_balanced_accuracy_drop: float = field(default=0.02, metadata=_range(0.0, 1.0))
+    max_rare_right_to_wrong: int = field(default=1, metadata=_range(0))  # summed over all rare classes
+    max_rare_recall_drop: float = field(default=0.10, metadata=_range(0.0, 1.0))  # per rare class
+    max_class_recall_drop: float | None = field(default=None, metadata=_range(0.0, 1.0))  # per non-rare class
+    max_flip_rate: float | None = field(default=None, metadata=_range(0.0, 1.0))  # changed predictions / images
+    max_fp32_logit_diff: float | None = field(default=0.01, metadata=_range(0.0))  # fp32 steps run in f32 only
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """INT8 calibration images: class-stratified from the train split, every rare class present."""
+
+    size: int = field(default=300, metadata=_range(1))
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    seed: int = field(default=0, metadata=_range(0))
+    batch_size: int = field(default=8, metadata=_range(1))
+    indices_file: str | None = None  # reuse a calibration.json written by an earlier export
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """Bounded repair of a failed INT8 step: larger set -> other method -> sensitive layers in float."""
+
+    enabled: bool = True
+    max_tries: int = field(default=6, metadata=_range(1, 50))
+    calibration_size_factor: float = field(default=2.0, metadata=_range(1.0, 100.0))
+    methods: list[Literal["minmax", "entropy", "percentile"]] = field(
+        default_factory=lambda: ["percentile", "entropy", "minmax"]
+    )
+    float_layers: list[int] = field(default_factory=lambda: [1, 3, 6])
+    ranking_images: int = field(default=32, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class OrtQuantConfig:
+    """ONNX Runtime static QDQ quantization."""
+
+    activation_type: Literal["auto", "u8", "s8"] = "auto"  # auto: time both on this CPU, keep the faster
+    per_channel: bool = True
+    reduce_range: bool = False
+    timing_runs: int = field(default=30, metadata=_range(3))
+    timing_warmup: int = field(default=5, metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class NNCFConfig:
+    """NNCF post-training quantization of the OpenVINO IR."""
+
+    preset: Literal["performance", "mixed"] = "performance"
+    fast_bias_correction: bool = True
+    range_estimator: Literal["default", "minmax", "mean_minmax", "mean_quantile"] = "default"
+    ignored_types: list[str] = field(default_factory=list)
+    ignored_patterns: list[str] = field(default_factory=list)
+    accuracy_control: bool = False  # run quantize_with_accuracy_control (also the last repair step)
+    max_drop: float = field(default=0.05, metadata=_range(0.0, 1.0))  # of the rare-class score
+    accuracy_control_images: int = field(default=300, metadata=_range(2))
+
+
+@dataclass(frozen=True)
+class _Common:
+    opset: int = field(default=17, metadata=_range(17, 23))
+    dynamic_batch: bool = True
+    batch_size: int = field(default=1, metadata=_range(1))  # the fixed batch when dynamic_batch is false
+    threads: int | None = field(default=None, metadata=_range(1))  # runtime threads for checks and timing
+    check: GateConfig = field(default_factory=GateConfig)
+
+
+@dataclass(frozen=True)
+class OnnxProfile(_Common):
+    precision: Literal["fp32"] = "fp32"
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeProfile(_Common):
+    precision: Literal["fp32", "int8"] = "int8"
+    quantization: OrtQuantConfig = field(default_factory=OrtQuantConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    repair: RepairConfig = field(default_factory=RepairConfig)
+
+
+@dataclass(frozen=True)
+class OpenVINOProfile(_Common):
+    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    inference_precision: Literal["f32", "bf16", "f16", "auto"] = "f32"
+    performance_hint: Literal["latency", "throughput"] = "latency"
+    device: str = "CPU"
+    nncf: NNCFConfig = field(default_factory=NNCFConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    repair: RepairConfig = field(default_factory=RepairConfig)
+
+
+@dataclass(frozen=True)
+class TensorRTProfile(_Common):
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    dynamic_batch: bool = False
+    max_batch_size: int = field(default=8, metadata=_range(1))  # upper bound of the profile when dynamic
+    build_engine: bool = False  # true: a missing GPU / tensorrt is an error
+    workspace_mb: int = field(default=1024, metadata=_range(16))
+    quantize_op_types: list[str] = field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    repair: RepairConfig = field(default_factory=RepairConfig)
+
+
+Profile = OnnxProfile | OnnxRuntimeProfile | OpenVINOProfile | TensorRTProfile
+
+PROFILE_TYPES: dict[str, type] = {
+    "onnx": OnnxProfile,
+    "onnxruntime": OnnxRuntimeProfile,
+    "openvino": OpenVINOProfile,
+    "tensorrt": TensorRTProfile,
+}
+
+
+def check_target(target: str, key: str = "--target") -> str:
+    if target not in PROFILE_TYPES:
+        close = difflib.get_close_matches(target, TARGETS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"{key}: unknown target '{target}' ({hint}choose one of: {', '.join(TARGETS)})")
+    return target
+
+
+def default_profile_dir() -> Path:
+    """``export/`` at the repository root (next to the ``fopro_edge`` package)."""
+    return Path(__file__).resolve().parents[2] / "export"
+
+
+def default_profile_path(target: str) -> Path:
+    return default_profile_dir() / f"{target}.yaml"
+
+
+def read_profile_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: export profile not found (check the path)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: an export profile must be a mapping of keys, not a {type(raw).__name__}")
+    return raw
+
+
+def validate_layer(target: str, raw: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """Check one layer of settings (unknown keys, types, ranges); raise a one-line ConfigError."""
+    profile = _convert(PROFILE_TYPES[check_target(target)], dict(raw), prefix, _Context(source, Path.cwd(), False))
+    repair = getattr(profile, "repair", None)
+    if repair is not None and any(k < 1 for k in repair.float_layers):
+        key = f"{prefix}.repair.float_layers" if prefix else "repair.float_layers"
+        raise ConfigError(f"{source}: {key}: layer counts must be >= 1, e.g. [1, 3, 6]")
+
+
+def validate_recipe_export(export: Mapping[str, Any], source: str) -> None:
+    """Check a recipe's free-form ``export`` section: ``{target: {key: value}}``."""
+    if not isinstance(export, Mapping):
+        raise ConfigError(f"{source}: export: expected a mapping of targets, got {type(export).__name__}")
+    for target, raw in export.items():
+        if target not in PROFILE_TYPES:
+            close = difflib.get_close_matches(str(target), TARGETS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known targets: {', '.join(TARGETS)}"
+            raise ConfigError(f"{source}: export.{target}: unknown target ({hint})")
+        if raw is None:
+            continue
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: export.{target}: expected a mapping (section), got {type(raw).__name__}")
+        validate_layer(target, raw, source, f"export.{target}")
+
+
+def overrides_to_dict(items: Sequence[str], source: str = "--set") -> dict[str, Any]:
+    """``["check.split=test", "nncf.preset=mixed"]`` -> nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        keys, value = parse_override(item, source)
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source} {item}: '{k}' is set both as a value and as a section")
+        node[keys[-1]] = value
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_profile(
+    target: str,
+    *,
+    profile_file: str | Path | None = None,
+    recipe_export: Mapping[str, Any] | None = None,
+    recipe_source: str = "<recipe>",
+    overrides: Mapping[str, Any] | None = None,
+    override_source: str = "command line",
+) -> Profile:
+    """The merged, validated profile of ``target`` (see the module docstring for the layers)."""
+    check_target(target)
+    path = Path(profile_file) if profile_file else default_profile_path(target)
+    layers: list[dict[str, Any]] = []
+    if path.is_file() or profile_file:
+        raw = read_profile_file(path)
+        validate_layer(target, raw, str(path))
+        layers.append(raw)
+    else:
+        log.warning("no export profile at %s: using the built-in defaults of target '%s'", path, target)
+    if recipe_export:
+        validate_recipe_export(recipe_export, recipe_source)
+        section = recipe_export.get(target) or {}
+        if section:
+            layers.append(dict(section))
+    if overrides:
+        validate_layer(target, overrides, override_source)
+        layers.append(dict(overrides))
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    return _convert(PROFILE_TYPES[target], merged, "", _Context("merged export profile", Path.cwd(), False))
+
+
+def profile_to_dict(profile: Any) -> dict[str, Any]:
+    return dataclasses.asdict(profile)
