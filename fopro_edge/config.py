@@ -77,6 +77,7 @@ class DataConfig:
     num_workers: int = field(default=2, metadata=_range(0, 64))
     sampler: Literal["instance", "balanced", "sqrt"] = "instance"
     augment: Literal["none", "light", "timm"] = "light"
+    flips: bool = True  # random h/v flips in training augmentation
     bad_images: Literal["error", "skip"] = "error"
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

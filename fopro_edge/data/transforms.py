@@ -28,14 +28,14 @@ class _ToRGB:
 
 
 def build_transform(
-    image_size: int, augment: str, training: bool, *, interpolation: str = "bilinear"
+    image_size: int, augment: str, training: bool, *, interpolation: str = "bilinear", flips: bool = True
 ) -> Callable[[Image.Image], torch.Tensor]:
     """The transform for one split.
 
     Eval (and ``augment="none"``): resize the short side to ``image_size`` + centre crop.
     ``"light"``: the same, then random h/v flips, a small random affine (rotation <= 15°, scale
     0.9-1.1) and mild colour jitter. ``"timm"``: timm's RandomResizedCrop (scale 0.35-1) + flips +
-    colour jitter (no RandAugment).
+    colour jitter (no RandAugment). ``flips=False`` drops the flips (e.g. digits, text, laterality).
     """
     from torchvision import transforms as T
     from timm.data import create_transform
@@ -49,7 +49,7 @@ def build_transform(
     zero, one = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     if training and augment == "timm":
         tf = create_transform(
-            image_size, is_training=True, scale=(0.35, 1.0), hflip=0.5, vflip=0.5, color_jitter=0.2,
+            image_size, is_training=True, scale=(0.35, 1.0), hflip=0.5 * flips, vflip=0.5 * flips, color_jitter=0.2,
             auto_augment=None, re_prob=0.0, interpolation=interpolation, mean=zero, std=one,
         )
         return T.Compose([_ToRGB(), tf])
@@ -59,8 +59,8 @@ def build_transform(
             _ToRGB(),
             T.Resize(image_size, interpolation=mode, antialias=True),
             T.CenterCrop(image_size),
-            T.RandomHorizontalFlip(),
-            T.RandomVerticalFlip(),
+            T.RandomHorizontalFlip(0.5 * flips),
+            T.RandomVerticalFlip(0.5 * flips),
             T.RandomAffine(degrees=15, scale=(0.9, 1.1), interpolation=mode),
             T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
             T.ToTensor(),

@@ -53,10 +53,11 @@ def explore_prompt(
             with rt.autocast():
                 with torch.no_grad():
                     t_clean = teacher(x)
-                t_prompt = teacher(prompt(x))
+                x_p, log_gain = prompt(x, return_log_gain=True)
+                t_prompt = teacher(x_p)
                 loss_prompt = bsm(probe(t_prompt), y)
                 loss_clean = bsm(clean_probe(t_clean.float()), y)
-                reg = prompt.gain_regulariser(x)
+                reg = prompt.gain_regulariser(log_gain=log_gain)
                 loss = loss_prompt + loss_clean + cfg.gain_l2 * reg
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -68,10 +68,11 @@ class Objective:
             # AKD: one forward through FPG and teacher feeds both the adversarial prompt update
             # (raise the alignment loss, keep the teacher probe right and the gain near 1) and the
             # student's target on that prompted view.
-            t = self.teacher(self.prompt(x))
+            x_p, log_gain = self.prompt(x, return_log_gain=True)
+            t = self.teacher(x_p)
             adv = alignment_loss(q.detach(), t)
             probe_loss = self.bsm(self.probe(t), y)
-            reg = _module(self.prompt).gain_regulariser(x)
+            reg = _module(self.prompt).gain_regulariser(log_gain=log_gain)
             prompt_loss = -adv + self.akd.probe_weight * probe_loss + self.akd.gain_l2 * reg
             terms.update(akd_adv=adv.detach(), akd_probe=probe_loss.detach())
             t = t.detach()

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from fopro_edge.config import Recipe, save_recipe
 from fopro_edge.data import (
     ImageDataset,
+    build_sampler,
     build_splits,
     build_transform,
     compute_longtail_stats,
@@ -79,7 +80,7 @@ class Trainer:
         self.splits = build_splits(d, recipe.seed)
         self.class_names = list(self.splits.class_names)
         self.stats = compute_longtail_stats(self.splits.train.labels, self.class_names, d.groups)
-        self.train_set = ImageDataset(self.splits.train, build_transform(d.image_size, d.augment, training=True))
+        self.train_set = ImageDataset(self.splits.train, build_transform(d.image_size, d.augment, training=True, flips=d.flips))
         eval_tf = build_transform(d.image_size, "none", training=False)
         self.val_set = ImageDataset(self.splits.val, eval_tf)
         self.test_set = ImageDataset(self.splits.test, eval_tf)
@@ -138,10 +139,8 @@ class Trainer:
                 else RandomSampler(self.train_set, generator=self.generator)
             )
         else:
-            counts = np.bincount(labels, minlength=len(self.class_names)).astype(np.float64)
-            per_class = 1.0 / counts if d.sampler == "balanced" else 1.0 / np.sqrt(counts)
-            weights = torch.as_tensor(per_class[labels], dtype=torch.double)
-            sampler = WeightedRandomSampler(weights, len(labels) // rt.world_size, generator=self.generator)
+            sampler = build_sampler(labels, d.sampler, num_samples=len(labels) // rt.world_size)
+            sampler.generator = self.generator  # re-seeded every epoch, per rank
         batch = min(d.batch_size, max(2, len(self.train_set) // rt.world_size))
         return DataLoader(
             self.train_set,

@@ -151,9 +151,10 @@ class FourierPromptGenerator(nn.Module):
             lg = hermitian_symmetrise(self._log_gain_from_spectrum(spectrum), self.size[1])
             return apply_gain_spectrum(spectrum, lg, self.size, x01.dtype), lg
 
-    def forward(self, x01: Tensor) -> Tensor:
-        """Prompted image, same shape and dtype as ``x01``, clamped to ``[0, 1]``."""
-        return self.forward_with_log_gain(x01)[0]
+    def forward(self, x01: Tensor, return_log_gain: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Prompted image, same shape and dtype as ``x01``, clamped to ``[0, 1]`` (and its log-gain)."""
+        out, log_gain = self.forward_with_log_gain(x01)
+        return (out, log_gain) if return_log_gain else out
 
     @torch.no_grad()
     def mean_gain(self) -> Tensor:

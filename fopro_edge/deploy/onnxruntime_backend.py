@@ -1,0 +1,327 @@
+"""ONNX Runtime static INT8 (QDQ): pre-processing, quantization, activation-format choice by
+timing, TensorRT explicit-quantization rules, and the per-node sensitivity ranking for repair."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fopro_edge.deploy.artifact import ModelArtifact
+from fopro_edge.deploy.calibration import ort_reader
+from fopro_edge.deploy.onnx_backend import INPUT_NAME, check_model, copy_metadata
+from fopro_edge.deploy.runners import ORT_HINT, OrtRunner
+from fopro_edge.errors import ConfigError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+
+def _quant():
+    try:
+        from onnxruntime import quantization
+    except ImportError:
+        raise MissingDependencyError(ORT_HINT) from None
+    return quantization
+
+
+def preprocess(src: str | Path, dst: str | Path) -> Path:
+    """``quant_pre_process``: shape inference + graph optimisation before quantization."""
+    q = _quant()
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    del q
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    return Path(dst)
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """One ORT quantization recipe (what a repair try changes is recorded from here)."""
+
+    method: str = "minmax"  # minmax | entropy | percentile
+    activation_type: str = "u8"  # u8 | s8
+    per_channel: bool = True
+    reduce_range: bool = False
+    symmetric: bool = False  # TensorRT: symmetric activations and weights, float bias
+    op_types: tuple[str, ...] = ()  # () = every op type ORT can quantize
+    nodes_to_exclude: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quantize_qdq(
+    pre_path: str | Path,
+    out_path: str | Path,
+    images: np.ndarray,
+    settings: QuantSettings,
+    *,
+    batch_size: int = 8,
+    fixed_batch: bool = False,
+    cache_path: str | Path | None = None,
+    metadata_source: str | Path | None = None,
+    target: str = "onnxruntime",
+) -> ModelArtifact:
+    """Static QDQ quantization of a pre-processed float model with int8 per-channel weights.
+
+    ``cache_path`` reuses the calibration ranges between runs that differ only in format.
+    """
+    q = _quant()
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    if settings.method not in methods:
+        raise ConfigError(f"calibration.method: '{settings.method}' is not one of {', '.join(methods)}")
+    act = q.QuantType.QInt8 if settings.activation_type == "s8" else q.QuantType.QUInt8
+    extra: dict[str, Any] = {"WeightSymmetric": True}
+    if settings.symmetric:
+        extra.update({"ActivationSymmetric": True, "QuantizeBias": False})
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    reader = ort_reader(images, INPUT_NAME, batch_size, fixed_batch=fixed_batch)
+    q.quantize_static(
+        str(pre_path),
+        str(out_path),
+        reader,
+        quant_format=q.QuantFormat.QDQ,
+        op_types_to_quantize=list(settings.op_types) or None,
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        activation_type=act,
+        weight_type=q.QuantType.QInt8,
+        nodes_to_exclude=list(settings.nodes_to_exclude) or None,
+        calibrate_method=methods[settings.method],
+        extra_options=extra,
+        calibration_cache_path=str(cache_path) if cache_path else None,
+    )
+    if metadata_source:
+        copy_metadata(metadata_source, out_path, {
+            "fopro_edge.precision": "int8",
+            "fopro_edge.quantization": _json({**settings.to_dict(), "calibration_images": int(len(images))}),
+        })
+    check_model(out_path)
+    return ModelArtifact.from_files(
+        out_path, target, "int8",
+        metadata={**settings.to_dict(), "calibration_images": int(len(images)), "format": "QDQ"},
+    )
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
+
+
+def time_model(path: str | Path, image: np.ndarray, *, threads: int | None, runs: int, warmup: int) -> dict[str, float]:
+    """Batch-1 latency of an ONNX model in ORT on this CPU: median and min over ``runs`` calls (ms)."""
+    x = np.ascontiguousarray(image[:1], dtype=np.float32)
+    with OrtRunner(path, threads=threads) as r:
+        for _ in range(warmup):
+            r.infer(x)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            r.infer(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "runs": runs}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@dataclass(frozen=True)
+class ActivationChoice:
+    chosen: str  # u8 | s8
+    reason: str
+    timings: dict[str, dict[str, float]]
+    cpu: str
+    threads: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_activation_type(
+    pre_path: str | Path,
+    work_dir: str | Path,
+    images: np.ndarray,
+    settings: QuantSettings,
+    *,
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    batch_size: int,
+    fixed_batch: bool,
+    float_path: str | Path | None = None,
+) -> ActivationChoice:
+    """Quantize with unsigned (U8S8) and signed (S8S8) activations, time both on this CPU at
+    batch 1 and return the faster. Signed activations can run slower than fp32 in ORT on x86
+    (MobileNetV3 / EfficientNet), so the choice is measured, not assumed."""
+    work_dir = Path(work_dir)
+    cache = work_dir / "calibration_ranges.json"
+    cache.unlink(missing_ok=True)
+    timings: dict[str, dict[str, float]] = {}
+    for act in ("u8", "s8"):
+        path = work_dir / f"probe_{act}.onnx"
+        quantize_qdq(pre_path, path, images, QuantSettings(**{**settings.to_dict(), "activation_type": act}),
+                     batch_size=batch_size, fixed_batch=fixed_batch, cache_path=cache)
+        timings[act] = time_model(path, images, threads=threads, runs=runs, warmup=warmup)
+        path.unlink(missing_ok=True)
+    if float_path:
+        timings["fp32"] = time_model(float_path, images, threads=threads, runs=runs, warmup=warmup)
+    cache.unlink(missing_ok=True)
+    chosen = min(("u8", "s8"), key=lambda a: timings[a]["median_ms"])
+    other = "s8" if chosen == "u8" else "u8"
+    reason = (f"{chosen} activations ran faster on this CPU: median {timings[chosen]['median_ms']:.3f} ms vs "
+              f"{timings[other]['median_ms']:.3f} ms ({other}) at batch 1 over {runs} runs")
+    log.info("ORT INT8 activation format: %s", reason)
+    return ActivationChoice(chosen, reason, timings, cpu_name(), threads)
+
+
+# --------------------------------------------------------------------------- TensorRT QDQ rules
+
+
+def check_trt_qdq(model_or_path: Any) -> list[str]:
+    """Violations of TensorRT's explicit-quantization rules in a QDQ graph (empty = conforms):
+    INT8 Q/DQ with zero points present and all 0 (symmetric), per-tensor activation scales,
+    per-channel weight scales on the output-channel axis, no INT32 bias DequantizeLinear."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
+    g = model.graph
+    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for node in g.node:
+        for name in node.input:
+            consumers[name].append(node)
+    out: list[str] = []
+    qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        return ["no QuantizeLinear/DequantizeLinear nodes: not an explicitly quantized graph"]
+    for n in qdq:
+        label = f"{n.op_type} '{n.name}'"
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        scale = consts.get(n.input[1])
+        zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is None:
+            out.append(f"{label}: no zero point (the type defaults to uint8; TensorRT needs int8 with zero point 0)")
+        else:
+            if zp.dtype != np.int8:
+                out.append(f"{label}: zero point of type {zp.dtype} (TensorRT needs int8)")
+            if np.any(zp != 0):
+                out.append(f"{label}: non-zero zero point (asymmetric; TensorRT needs symmetric, zero point 0)")
+        if scale is None:
+            out.append(f"{label}: scale is not a constant")
+            continue
+        data = consts.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if data is not None and data.dtype == np.int32:
+            out.append(f"{label}: INT32 bias dequantization (TensorRT reads INT8 Q/DQ only; keep biases in float)")
+            continue
+        if scale.size == 1:
+            continue
+        if data is None:
+            out.append(f"{label}: per-channel scale on an activation (TensorRT needs per-tensor activation scales)")
+            continue
+        users = consumers.get(n.output[0], [])
+        for u in users:
+            want = _weight_output_axis(u, data.ndim)
+            if want is None:
+                continue
+            ax = axis if axis >= 0 else axis + data.ndim
+            if ax != want or scale.size != data.shape[want]:
+                out.append(
+                    f"{label}: per-channel weight scale on axis {ax} ({scale.size} values) for {u.op_type} "
+                    f"'{u.name}'; the output-channel axis is {want} ({data.shape[want]} channels)"
+                )
+    return out
+
+
+def _weight_output_axis(node: Any, ndim: int) -> int | None:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "MatMul":
+        return ndim - 1
+    return None
+
+
+def assert_trt_qdq(path: str | Path) -> None:
+    problems = check_trt_qdq(path)
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError(f"{path}: not a TensorRT explicit-quantization graph: {'; '.join(problems[:3])}{more}")
+
+
+# --------------------------------------------------------------------------- sensitivity ranking
+
+
+def rank_sensitive_nodes(
+    float_path: str | Path,
+    qdq_path: str | Path,
+    images: np.ndarray,
+    *,
+    op_types: Sequence[str] = ("Conv", "Gemm", "MatMul"),
+) -> list[tuple[str, float]]:
+    """Quantizable nodes of ``float_path`` ranked by how much INT8 hurts them, worst first.
+
+    Uses ORT's ``qdq_loss_debug``: the float and the QDQ model run on the same images, and each
+    activation's SQNR (float vs QDQ, dB) is measured. A node's score is the SQNR it loses between
+    its input and its output, so error accumulated upstream is not blamed on it.
+    """
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="fopro-rank-") as tmp:
+        aug_f, aug_q = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
+        modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
+        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
+        f_acts = collect_activations(str(aug_f), ort_reader(images, INPUT_NAME, 1))
+        q_acts = collect_activations(str(aug_q), ort_reader(images, INPUT_NAME, 1))
+    errors = compute_activation_error(create_activation_matching(q_acts, f_acts))
+    sqnr = {k: v["xmodel_err"] for k, v in errors.items() if "xmodel_err" in v}
+    model = onnx.load(str(float_path))
+    ranked: list[tuple[str, float]] = []
+    for node in model.graph.node:
+        if node.op_type not in op_types or not node.name:
+            continue
+        out = sqnr.get(node.output[0])
+        if out is None:  # e.g. the output of a fused activation is quantized instead
+            nxt = [n for n in model.graph.node if node.output[0] in n.input]
+            out = next((sqnr[n.output[0]] for n in nxt if n.output and n.output[0] in sqnr), None)
+        if out is None:
+            continue
+        ins = [sqnr[i] for i in node.input[:1] if i in sqnr]
+        in_sqnr = min(ins) if ins else float(out)
+        ranked.append((node.name, float(in_sqnr - out)))
+    ranked.sort(key=lambda t: -t[1])
+    return ranked

@@ -1,0 +1,119 @@
+"""End-to-end distillation on generated data: outputs, resume, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fopro_edge.config import load_recipe
+from fopro_edge.distill.checkpoint import load_checkpoint, load_student
+from fopro_edge.distill.rundir import prepare_run_dir
+from fopro_edge.distill.trainer import distill
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "recipes" / "smoke_synthetic.yaml"
+
+
+def _run(tmp_path: Path, name: str, *overrides: str, resume: bool = False):
+    recipe = load_recipe(SMOKE, overrides)
+    return distill(recipe, prepare_run_dir(tmp_path / name, recipe.name, resume=resume), progress=False)
+
+
+@pytest.mark.parametrize("method", ["ce", "bsm", "ekd", "ekd+fpg", "fopro"])
+def test_every_method_trains_and_reports(tmp_path, method):
+    result = _run(tmp_path, "run", f"distill.method={method}")
+    rd = result.run_dir
+    for name in ("recipe.yaml", "splits.json", "longtail.json", "env.json", "history.jsonl", "checkpoints/best.pt",
+                 "checkpoints/last.pt", "metrics/metrics.json", "metrics/metrics.md", "metrics/per_class_recall.png",
+                 "metrics/confusion_matrix.png"):
+        assert (rd / name).is_file(), name
+    assert (rd / "metrics" / "fpg_gain.png").is_file() == (method in ("ekd+fpg", "fopro"))
+    assert (rd / "explore.json").is_file() == (method in ("ekd+fpg", "fopro"))
+    m = json.loads((rd / "metrics" / "metrics.json").read_text())
+    assert m["split"] == "test" and m["method"] == method
+    assert {"balanced_accuracy", "macro_f1", "accuracy", "per_class", "group_recall", "rare_recall", "confusion_matrix"} <= set(m)
+    assert len(m["per_class"]) == 4
+    history = [json.loads(line) for line in (rd / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    student, info = load_student(result.best_checkpoint)
+    assert info.class_names == [c["name"] for c in m["per_class"]]
+    assert student(torch.rand(2, 3, 32, 32)).shape == (2, 4)
+    assert not any("heads" in k for k in load_checkpoint(result.best_checkpoint)["student"])
+
+
+def test_fopro_learns_the_synthetic_classes(tmp_path):
+    result = _run(tmp_path, "run", "distill.epochs=8")
+    assert result.test_metrics["balanced_accuracy"] > 0.5  # chance is 0.25
+
+
+def test_explore_logs_probe_accuracy_with_and_without_prompt(tmp_path):
+    result = _run(tmp_path, "run", "distill.method=ekd+fpg", "distill.epochs=1")
+    explore = json.loads((result.run_dir / "explore.json").read_text())
+    for key in ("probe_balanced_accuracy_with_prompt", "probe_balanced_accuracy_without_prompt"):
+        assert 0.0 <= explore[key] <= 1.0
+    assert explore["gain_min"] >= torch.exp(torch.tensor(-1.0)).item() - 1e-6
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path):
+    from fopro_edge.errors import ConfigError
+
+    _run(tmp_path, "run", "distill.method=bsm", "distill.epochs=1")
+    with pytest.raises(ConfigError, match="already holds a run .*--resume"):
+        prepare_run_dir(tmp_path / "run", "smoke", resume=False)
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    return state["net"] | {f"prompt.{k}": v for k, v in state.get("prompt", {}).items()}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fopro_edge", "distill", str(SMOKE), "--no-progress", *args]
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
+    common = ["--set", "distill.epochs=3", "--set", "runtime.log_interval=1", "--set", "data.synthetic.max_per_class=64"]
+    subprocess.run(_cli("--out", str(tmp_path / "straight"), *common), check=True, capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen(_cli("--out", str(interrupted), *common), stderr=subprocess.PIPE, text=True)
+    killed = False
+    for line in proc.stderr:
+        if "epoch 2 step 2/" in line:  # inside the second epoch, after the first checkpoint
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+    proc.wait()
+    assert killed and proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(interrupted / "checkpoints" / "last.pt")["epoch"] == 1
+
+    subprocess.run(_cli("--out", str(interrupted), "--resume", *common), check=True, capture_output=True)
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(interrupted)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert load_checkpoint(interrupted / "checkpoints" / "last.pt")["epoch"] == 3
+
+
+@pytest.mark.ddp
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "fopro_edge", "distill", str(SMOKE), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "steps/epoch" in proc.stderr
+    # 60 training images, batch 16, split over 2 ranks -> 1 step per epoch on each rank
+    assert "1 steps/epoch" in proc.stderr
+    assert proc.stdout.count("run directory:") == 1  # only rank 0 reports
+    m = json.loads((out / "metrics" / "metrics.json").read_text())
+    assert m["method"] == "fopro"
+    assert len((out / "history.jsonl").read_text().splitlines()) == 2
