@@ -26,7 +26,7 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return {"min": lo, "max": hi, "lo_open": lo_open}
 
 
-def _path(kind: Literal["file", "dir", "any"] = "any") -> dict:
+def _path(kind: Literal["file", "dir", "any", "weights"] = "any") -> dict:
     return {"path": kind}
 
 
@@ -89,8 +89,9 @@ class TeacherConfig:
     model: str = "tf_efficientnet_lite0"
     pretrained: bool = False  # weights from the timm hub (needs internet)
     # Local weights: a file path, or "package:<python package>" for a weight file shipped in a package.
-    weights: str | None = None
+    weights: str | None = field(default=None, metadata=_path("weights"))
     weights_mapping: Literal["auto", "keys", "order"] = "auto"
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments, e.g. img_size
     strip_prefixes: list[str] = field(default_factory=lambda: ["module.", "encoder_q.", "backbone."])
     image_size: int | None = field(default=None, metadata=_range(16, 1024))  # default: data.image_size
 
@@ -99,8 +100,9 @@ class TeacherConfig:
 class StudentConfig:
     model: str = "mobilenetv3_large_100"
     pretrained: bool = False
-    weights: str | None = None
+    weights: str | None = field(default=None, metadata=_path("weights"))
     projector_hidden: int | None = field(default=None, metadata=_range(8))  # default: student feature size
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
     drop_rate: float = field(default=0.0, metadata=_range(0.0, 0.9))
 
 
@@ -204,7 +206,7 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), *, check
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found (check the path)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -213,6 +215,21 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), *, check
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys, not a {type(raw).__name__}")
     return recipe_from_dict(raw, overrides, source=str(path), base_dir=path.parent, check_paths=check_paths)
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only, never Python objects) that also refuses duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (each key may appear once)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def recipe_from_dict(
@@ -246,6 +263,37 @@ def _check_recipe(r: Recipe, ctx: _Context) -> None:
         _fail(ctx, "teacher.weights", "set either teacher.pretrained (hub) or teacher.weights (local file), not both")
     if not r.name or any(c in r.name for c in "/\\"):
         _fail(ctx, "name", f"'{r.name}' cannot name a run folder (use letters, digits, '-', '_')")
+    problem = device_problem(r.runtime.device)
+    if problem:
+        _fail(ctx, "runtime.device", problem)
+    if r.runtime.amp == "fp16" and r.runtime.device == "cpu":
+        _fail(ctx, "runtime.amp", "fp16 autocast needs CUDA (use bf16 or none on CPU)")
+    for key, name in (("teacher.model", r.teacher.model if r.uses_teacher else None), ("student.model", r.student.model)):
+        if name is not None:
+            problem = _model_problem(name)
+            if problem:
+                _fail(ctx, key, problem)
+    if r.export:
+        from fopro_edge.deploy.profiles import validate_recipe_export  # lazy: deploy builds on this module
+
+        validate_recipe_export(r.export, ctx.source)
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` is not one of auto, cpu, cuda, cuda:N (None when it is)."""
+    if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
+        return None
+    return f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)"
+
+
+def _model_problem(name: str) -> str | None:
+    import timm  # lazy: heavy
+
+    if timm.is_model(name):
+        return None
+    close = difflib.get_close_matches(name, timm.list_models(), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "see timm.list_models()"
+    return f"unknown timm model '{name}' ({hint})"
 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:
@@ -379,6 +427,19 @@ def _check_range(v: float, key: str, meta: typing.Mapping, ctx: _Context) -> Non
 
 
 def _resolve_path(v: str, key: str, kind: str, ctx: _Context) -> str:
+    if kind == "weights":  # a file, or package:<python package> holding one
+        if v.startswith("package:"):
+            import importlib.util
+
+            pkg = v.split(":", 1)[1]
+            try:
+                found = bool(pkg) and importlib.util.find_spec(pkg) is not None
+            except (ImportError, ValueError):
+                found = False
+            if ctx.check_paths and not found:
+                _fail(ctx, key, f"package '{pkg}' is not installed (pip install {pkg.replace('_', '-')})")
+            return v
+        kind = "file"
     p = Path(v).expanduser()
     if not p.is_absolute():
         p = (ctx.base_dir / p).resolve()

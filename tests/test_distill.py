@@ -117,3 +117,14 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     m = json.loads((out / "metrics" / "metrics.json").read_text())
     assert m["method"] == "fopro"
     assert len((out / "history.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_refuses_another_recipe_but_allows_more_epochs(tmp_path):
+    from fopro_edge.errors import ConfigError
+
+    _run(tmp_path, "run", "distill.method=bsm", "distill.epochs=1")
+    with pytest.raises(ConfigError, match=r"--resume: the recipe differs .* at distill.method"):
+        _run(tmp_path, "run", "distill.method=ce", "distill.epochs=1", resume=True)
+    result = _run(tmp_path, "run", "distill.method=bsm", "distill.epochs=2", resume=True)
+    history = (result.run_dir / "history.jsonl").read_text().splitlines()
+    assert [json.loads(h)["epoch"] for h in history] == [1, 2]

@@ -109,3 +109,24 @@ def test_unknown_model_and_missing_weights():
         build_teacher(TeacherConfig(model="test_efficientnet", weights="/nonexistent/w.pth"))
     with pytest.raises(ConfigError, match="package 'no_such_pkg' is not installed"):
         build_teacher(TeacherConfig(model="test_efficientnet", weights="package:no_such_pkg"))
+
+
+def test_hub_failure_is_a_clear_error(monkeypatch):
+    import timm
+
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        return create(*args, **kwargs)
+
+    create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError, match=r"teacher.model: could not fetch pre-trained weights .* teacher.weights=<local file>"):
+        build_teacher(TeacherConfig(model="test_efficientnet", pretrained=True))
+
+
+def test_model_args_reach_timm():
+    t = build_teacher(TeacherConfig(model="test_vit", model_args={"img_size": 32}))
+    assert t(torch.rand(1, 3, 32, 32)).shape[0] == 1
+    with pytest.raises(ConfigError, match="teacher.model_args: not accepted"):
+        build_teacher(TeacherConfig(model="test_efficientnet", model_args={"no_such_arg": 1}))

@@ -11,7 +11,13 @@ from fopro_edge.errors import FoproEdgeError
 
 
 class _Group(click.Group):
-    """Turns library errors into one-line messages with their own exit codes (``--debug`` re-raises)."""
+    """Turns library and usage errors into one-line messages with their own exit codes (``--debug`` re-raises)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            _usage_exit(e)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -19,8 +25,26 @@ class _Group(click.Group):
         except FoproEdgeError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_one_line(str(e))}", err=True)
             sys.exit(e.exit_code)
+        except click.UsageError as e:  # bad arguments of a subcommand (BadParameter, NoSuchOption, ...)
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            sub = ctx.invoked_subcommand
+            _usage_exit(e, f"{ctx.command_path} {sub}" if sub else ctx.command_path)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _usage_exit(e: click.UsageError, command_path: str = "fopro-edge") -> None:
+    """Click's usage errors as one line naming the command and argument, exit code 2."""
+    if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        raise e  # a bare command shows its help
+    where = e.ctx.command_path if e.ctx is not None else command_path
+    click.echo(f"error: {where}: {_one_line(e.format_message())} (see '{where} --help')", err=True)
+    sys.exit(e.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class DataSplits:
     test: ImageList
     class_names: tuple[str, ...]
     source: str = ""
+    skipped: list[str] = field(default_factory=list)  # unreadable images dropped (data.bad_images: skip)
 
     @property
     def num_classes(self) -> int:
@@ -46,6 +47,7 @@ class DataSplits:
         return {
             "source": self.source,
             "class_names": list(self.class_names),
+            "skipped_images": {"count": len(self.skipped), "files": list(self.skipped)},
             "splits": {
                 name: {
                     "count": len(s),
@@ -97,18 +99,20 @@ def stratified_split_indices(
 
 def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
     """Build and check the train/val/test splits named by ``cfg.source``."""
+    skipped: list[str] = []
     if cfg.source == "folder":
-        train, val, test = _folder_splits(cfg, seed)
+        train, val, test = _folder_splits(cfg, seed, skipped)
     elif cfg.source == "csv":
-        train, val, test = _csv_splits(cfg, seed)
+        train, val, test = _csv_splits(cfg, seed, skipped)
     elif cfg.source == "digits":
         train, val, test = load_digits_longtail(cfg.demo, seed)
     elif cfg.source == "synthetic":
         train, val, test = synthetic_splits(cfg.synthetic, seed)
     else:
         raise DataError(f"data.source: unknown source '{cfg.source}' (choose folder, csv, digits or synthetic)")
-    splits = DataSplits(train, val, test, train.class_names, cfg.source)
-    check_splits(splits, _SOURCE_KEY.get(cfg.source, "data"))
+    splits = DataSplits(train, val, test, train.class_names, cfg.source, skipped)
+    where = {"folder": cfg.root, "csv": cfg.train_csv}.get(cfg.source)
+    check_splits(splits, _SOURCE_KEY.get(cfg.source, "data"), where)
     logger.info(
         "data (%s): %d classes; train %d, val %d, test %d images",
         cfg.source, splits.num_classes, len(train), len(val), len(test),
@@ -116,9 +120,13 @@ def build_splits(cfg: DataConfig, seed: int) -> DataSplits:
     return splits
 
 
-def check_splits(splits: DataSplits, key: str = "data") -> None:
-    """Fail with a :class:`DataError` on an unusable split; warn on id overlap between splits."""
+def check_splits(splits: DataSplits, key: str = "data", where: str | None = None) -> None:
+    """Fail with a :class:`DataError` on an unusable split; warn on id overlap between splits.
+
+    Messages start with ``where`` (the data folder or CSV file) when given, then ``key``.
+    """
     names = splits.class_names
+    key_only, key = key, (f"{where}: {key}" if where else key)
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise DataError(f"{key}: duplicate class names: {', '.join(dup)} (class names must be unique)")
@@ -127,7 +135,7 @@ def check_splits(splits: DataSplits, key: str = "data") -> None:
         if s.class_names != names:
             raise DataError(f"{key}: the {name} split has different classes than the training split")
     if len(splits.train) == 0:
-        raise DataError(f"{key}: the training split is empty (no images; check {key})")
+        raise DataError(f"{key}: the training split is empty (no images; check {key_only})")
     counts = splits.train.counts()
     for k in np.flatnonzero(counts == 0).tolist():
         where = [n for n in ("val", "test") if splits.split(n).counts()[k] > 0]
@@ -151,14 +159,16 @@ def check_splits(splits: DataSplits, key: str = "data") -> None:
                 logger.warning("%d %s image(s) are also in train, e.g. %s", len(overlap), name, next(iter(overlap)))
 
 
-def _folder_splits(cfg: DataConfig, seed: int) -> tuple[ImageList, ImageList, ImageList]:
+def _folder_splits(cfg: DataConfig, seed: int, skipped: list[str]) -> tuple[ImageList, ImageList, ImageList]:
     if not cfg.root:
         raise DataError("data.root: required for data.source: folder (the class-per-folder tree)")
     if cfg.val_fraction + cfg.test_fraction >= 1.0:
         raise DataError(
             f"data.val_fraction + data.test_fraction = {cfg.val_fraction + cfg.test_fraction:g} must be < 1"
         )
-    images = drop_unreadable(scan_folder_tree(cfg.root), cfg.bad_images, what=str(cfg.root))
+    found = scan_folder_tree(cfg.root)
+    images = drop_unreadable(found, cfg.bad_images, what=str(cfg.root))
+    skipped.extend(_dropped(found, images))
     (tr, va, te), small = stratified_split_indices(images.labels, (cfg.val_fraction, cfg.test_fraction), seed)
     if small:
         logger.warning(
@@ -168,7 +178,14 @@ def _folder_splits(cfg: DataConfig, seed: int) -> tuple[ImageList, ImageList, Im
     return images.subset(tr), images.subset(va), images.subset(te)
 
 
-def _csv_splits(cfg: DataConfig, seed: int) -> tuple[ImageList, ImageList, ImageList]:
+def _dropped(before: ImageList, after: ImageList) -> list[str]:
+    if len(before) == len(after):
+        return []
+    kept = set(after.ids())
+    return [i for i in before.ids() if i not in kept]
+
+
+def _csv_splits(cfg: DataConfig, seed: int, skipped: list[str]) -> tuple[ImageList, ImageList, ImageList]:
     if not cfg.train_csv:
         raise DataError("data.train_csv: required for data.source: csv")
     image_dir = Path(cfg.root) if cfg.root else Path(cfg.train_csv).parent
@@ -178,10 +195,13 @@ def _csv_splits(cfg: DataConfig, seed: int) -> tuple[ImageList, ImageList, Image
         raise DataError(f"data.root: image folder not found: {image_dir}")
 
     def read(path: str, names: Sequence[str] | None) -> ImageList:
+        skip = cfg.bad_images == "skip"  # then missing files are dropped (and counted) with the undecodable ones
         images = read_csv_split(
-            path, image_dir, cfg.image_ext, cfg.image_column, cfg.label_column, names, on_missing=cfg.bad_images
+            path, image_dir, cfg.image_ext, cfg.image_column, cfg.label_column, names, check_files=not skip
         )
-        return drop_unreadable(images, cfg.bad_images, what=str(path))
+        kept = drop_unreadable(images, cfg.bad_images, what=str(path))
+        skipped.extend(_dropped(images, kept))
+        return kept
 
     train = read(cfg.train_csv, None)
     val = read(cfg.val_csv, train.class_names) if cfg.val_csv else None

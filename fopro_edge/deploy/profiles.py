@@ -52,10 +52,14 @@ class CalibrationConfig:
     """INT8 calibration images: class-stratified from the train split, every rare class present."""
 
     size: int = field(default=300, metadata=_range(1))
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
     seed: int = field(default=0, metadata=_range(0))
     batch_size: int = field(default=8, metadata=_range(1))
     indices_file: str | None = None  # reuse a calibration.json written by an earlier export
+
+
+@dataclass(frozen=True)
+class OrtCalibrationConfig(CalibrationConfig):
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
 
 
 @dataclass(frozen=True)
@@ -65,11 +69,23 @@ class RepairConfig:
     enabled: bool = True
     max_tries: int = field(default=6, metadata=_range(1, 50))
     calibration_size_factor: float = field(default=2.0, metadata=_range(1.0, 100.0))
+    float_layers: list[int] = field(default_factory=lambda: [1, 3, 6])
+    ranking_images: int = field(default=32, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class OrtRepairConfig(RepairConfig):
     methods: list[Literal["minmax", "entropy", "percentile"]] = field(
         default_factory=lambda: ["percentile", "entropy", "minmax"]
     )
-    float_layers: list[int] = field(default_factory=lambda: [1, 3, 6])
-    ranking_images: int = field(default=32, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class OpenVINORepairConfig(RepairConfig):
+    range_estimators: list[Literal["minmax", "mean_minmax", "mean_quantile"]] = field(
+        default_factory=lambda: ["mean_quantile", "minmax"]
+    )
+    accuracy_control: bool = True  # last try: nncf.quantize_with_accuracy_control on the rare-class score
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,7 @@ class NNCFConfig:
     range_estimator: Literal["default", "minmax", "mean_minmax", "mean_quantile"] = "default"
     ignored_types: list[str] = field(default_factory=list)
     ignored_patterns: list[str] = field(default_factory=list)
-    accuracy_control: bool = False  # run quantize_with_accuracy_control (also the last repair step)
+    accuracy_control: bool = False  # true: the first try already uses quantize_with_accuracy_control
     max_drop: float = field(default=0.05, metadata=_range(0.0, 1.0))  # of the rare-class score
     accuracy_control_images: int = field(default=300, metadata=_range(2))
 
@@ -115,8 +131,8 @@ class OnnxProfile(_Common):
 class OnnxRuntimeProfile(_Common):
     precision: Literal["fp32", "int8"] = "int8"
     quantization: OrtQuantConfig = field(default_factory=OrtQuantConfig)
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    repair: RepairConfig = field(default_factory=RepairConfig)
+    calibration: OrtCalibrationConfig = field(default_factory=OrtCalibrationConfig)
+    repair: OrtRepairConfig = field(default_factory=OrtRepairConfig)
 
 
 @dataclass(frozen=True)
@@ -127,7 +143,7 @@ class OpenVINOProfile(_Common):
     device: str = "CPU"
     nncf: NNCFConfig = field(default_factory=NNCFConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    repair: RepairConfig = field(default_factory=RepairConfig)
+    repair: OpenVINORepairConfig = field(default_factory=OpenVINORepairConfig)
 
 
 @dataclass(frozen=True)
@@ -138,8 +154,8 @@ class TensorRTProfile(_Common):
     build_engine: bool = False  # true: a missing GPU / tensorrt is an error
     workspace_mb: int = field(default=1024, metadata=_range(16))
     quantize_op_types: list[str] = field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    repair: RepairConfig = field(default_factory=RepairConfig)
+    calibration: OrtCalibrationConfig = field(default_factory=OrtCalibrationConfig)
+    repair: OrtRepairConfig = field(default_factory=OrtRepairConfig)
 
 
 Profile = OnnxProfile | OnnxRuntimeProfile | OpenVINOProfile | TensorRTProfile

@@ -33,8 +33,8 @@ from fopro_edge.distill.metrics import classification_metrics
 from fopro_edge.distill.report import write_metrics_report
 from fopro_edge.distill.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
 from fopro_edge.distill.rundir import RunDir
-from fopro_edge.errors import TrainingError
-from fopro_edge.io import atomic_write_json
+from fopro_edge.errors import ConfigError, TrainingError
+from fopro_edge.io import atomic_write_json, atomic_write_text
 from fopro_edge.models import build_student, build_teacher
 from fopro_edge.models.student import EKDHeads, feature_dim
 
@@ -286,7 +286,6 @@ class Trainer:
         if improved:
             self.best_score, self.best_epoch = score, epoch
             save_checkpoint(self.run_dir.best_checkpoint, self._export_state(epoch, val))
-        save_checkpoint(self.run_dir.last_checkpoint, self._full_state(epoch))
         record = {
             "epoch": epoch + 1,
             "lr": self.scheduler.get_last_lr()[0],
@@ -296,6 +295,7 @@ class Trainer:
         }
         with open(self.run_dir.history, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        save_checkpoint(self.run_dir.last_checkpoint, self._full_state(epoch))
         g = val["group_recall"]
         log.info(
             "epoch %d/%d loss %.4f | val bal-acc %.4f macro-F1 %.4f rare recall %s few %s | %.1f img/s%s",
@@ -337,7 +337,13 @@ class Trainer:
         if not path.is_file():
             log.warning("--resume: no checkpoint in %s yet; starting from the beginning", self.run_dir.path)
             return None
-        return load_checkpoint(path, key="--resume")
+        state = load_checkpoint(path, key="--resume")
+        _check_same_recipe(state["recipe"], self.recipe.to_dict(), path)
+        if self.rt.is_main and self.run_dir.history.is_file():  # drop epochs the checkpoint does not hold
+            lines = self.run_dir.history.read_text(encoding="utf-8").splitlines()
+            kept = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
+            atomic_write_text(self.run_dir.history, "".join(ln + "\n" for ln in kept))
+        return state
 
     def _load_state(self, state: dict[str, Any]) -> int:
         self.net.load_state_dict(state["net"])
@@ -382,6 +388,25 @@ class Trainer:
             metrics["balanced_accuracy"], metrics["macro_f1"], _fmt(metrics["rare_recall"]), metrics["best_epoch"],
         )
         return DistillResult(self.run_dir.path, self.run_dir.best_checkpoint, int(best["epoch"]), metrics, reports)
+
+
+RESUMABLE_CHANGES = ("distill.epochs", "runtime.")
+
+
+def _check_same_recipe(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """A resumed run must train what it started training; only the epoch count and runtime may change."""
+    diffs = [k for k in _flat_diff(saved, current) if not k.startswith(RESUMABLE_CHANGES)]
+    if diffs:
+        raise ConfigError(
+            f"--resume: the recipe differs from the one {path} was trained with at {', '.join(diffs[:5])} "
+            "(resume with the same recipe, or start a new run with another --out)"
+        )
+
+
+def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _flat_diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _ids(rt: Runtime) -> list[int] | None:

@@ -57,7 +57,8 @@ class EKDHeads(nn.Module):
 
 def build_student(cfg: StudentConfig, num_classes: int) -> Student:
     backbone = create_timm_model(
-        cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, key="student.model", drop_rate=cfg.drop_rate
+        cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, key="student.model", drop_rate=cfg.drop_rate,
+        **cfg.model_args,
     )
     if cfg.weights:
         load_weights_into(backbone, cfg.weights, key="student.weights", mapping="keys", skip_classifier=True)

@@ -43,7 +43,7 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 def build_teacher(cfg: TeacherConfig) -> FrozenTeacher:
-    model = create_timm_model(cfg.model, pretrained=cfg.pretrained, key="teacher.model")
+    model = create_timm_model(cfg.model, pretrained=cfg.pretrained, key="teacher.model", **cfg.model_args)
     if cfg.weights:
         load_weights_into(
             model, cfg.weights, key="teacher.weights", mapping=cfg.weights_mapping, strip_prefixes=cfg.strip_prefixes

@@ -28,6 +28,8 @@ def create_timm_model(name: str, *, pretrained: bool, key: str, **kwargs) -> nn.
         raise ConfigError(f"{key}: unknown timm model '{name}' ({hint})")
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{key.rsplit('.', 1)[0]}.model_args: not accepted by '{name}': {e}") from None
     except (OSError, RuntimeError, ValueError) as e:
         if not pretrained:
             raise

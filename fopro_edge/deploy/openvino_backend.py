@@ -1,0 +1,204 @@
+"""OpenVINO IR (FP32, FP16-compressed weights) and INT8 through NNCF, with the calibration count
+passed explicitly as ``subset_size`` and recorded in the IR."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fopro_edge.deploy.artifact import ModelArtifact
+from fopro_edge.deploy.calibration import nncf_dataset
+from fopro_edge.deploy.runners import OPENVINO_HINT
+from fopro_edge.errors import MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+
+def _ov():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise MissingDependencyError(OPENVINO_HINT) from None
+    return ov
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise MissingDependencyError(OPENVINO_HINT) from None
+    return nncf
+
+
+def _set_rt_info(model: Any, metadata: Mapping[str, Any]) -> None:
+    for k, v in metadata.items():
+        model.set_rt_info(str(v), ["fopro_edge", k.removeprefix("fopro_edge.")])
+
+
+def _save(model: Any, xml_path: Path, *, compress_to_fp16: bool, target_precision: str, parent: str | None,
+          metadata: Mapping[str, Any]) -> ModelArtifact:
+    ov = _ov()
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    return ModelArtifact.from_files(
+        xml_path, "openvino", target_precision, extra_files=[xml_path.with_suffix(".bin")], parent=parent,
+        metadata=dict(metadata),
+    )
+
+
+def read_onnx_as_ov(onnx_path: str | Path) -> Any:
+    return _ov().convert_model(str(onnx_path))
+
+
+def convert_ir(
+    onnx_path: str | Path, xml_path: str | Path, *, precision: str, metadata: Mapping[str, str], parent: str | None = None
+) -> ModelArtifact:
+    """ONNX -> IR. ``precision="fp16"`` stores weights as fp16 (``compress_to_fp16``); the math
+    precision at run time is the runtime's ``INFERENCE_PRECISION_HINT``, not the file's."""
+    model = read_onnx_as_ov(onnx_path)
+    _set_rt_info(model, {**metadata, "weights_precision": precision})
+    return _save(model, Path(xml_path), compress_to_fp16=precision == "fp16", target_precision=precision,
+                 parent=parent, metadata={"weights": precision})
+
+
+@dataclass(frozen=True)
+class NNCFSettings:
+    """One NNCF recipe (what a repair try changes is recorded from here)."""
+
+    preset: str = "performance"
+    fast_bias_correction: bool = True
+    range_estimator: str = "default"  # default | minmax | mean_minmax | mean_quantile
+    ignored_types: tuple[str, ...] = ()
+    ignored_patterns: tuple[str, ...] = ()
+    ignored_onnx_nodes: tuple[str, ...] = ()  # the most sensitive nodes, from the ranking
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ignored_scope(s: NNCFSettings):
+    nncf = _nncf()
+    patterns = list(s.ignored_patterns)
+    # An ONNX node "/a/Conv" becomes OpenVINO op "/a/Conv/WithoutBiases" (+ the bias Add "/a/Conv").
+    patterns += [re.escape(n) + r"(/.*)?" for n in s.ignored_onnx_nodes]
+    if not patterns and not s.ignored_types:
+        return None
+    return nncf.IgnoredScope(patterns=patterns, types=list(s.ignored_types), validate=False)
+
+
+def _advanced(s: NNCFSettings):
+    if s.range_estimator == "default":
+        return None
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    est = {"minmax": RangeEstimatorParametersSet.MINMAX, "mean_minmax": RangeEstimatorParametersSet.MEAN_MINMAX,
+           "mean_quantile": RangeEstimatorParametersSet.MEAN_QUANTILE}[s.range_estimator]
+    return AdvancedQuantizationParameters(activations_range_estimator_params=est)
+
+
+def quantize_ir(
+    onnx_path: str | Path,
+    xml_path: str | Path,
+    images: np.ndarray,
+    settings: NNCFSettings,
+    *,
+    metadata: Mapping[str, str],
+    parent: str | None = None,
+) -> ModelArtifact:
+    """INT8 IR through ``nncf.quantize`` with ``subset_size = len(images)`` (one image per item),
+    so NNCF's default cap of 300 never silently drops calibration images."""
+    nncf = _nncf()
+    model = read_onnx_as_ov(onnx_path)
+    subset = int(len(images))
+    q = nncf.quantize(
+        model,
+        nncf_dataset(images),
+        preset=nncf.QuantizationPreset(settings.preset),
+        subset_size=subset,
+        fast_bias_correction=settings.fast_bias_correction,
+        ignored_scope=_ignored_scope(settings),
+        advanced_parameters=_advanced(settings),
+    )
+    meta = {**settings.to_dict(), "subset_size": subset, "calibration_images": subset, "api": "nncf.quantize"}
+    _set_rt_info(q, {**metadata, "weights_precision": "int8", "nncf_subset_size": subset})
+    return _save(q, Path(xml_path), compress_to_fp16=False, target_precision="int8", parent=parent, metadata=meta)
+
+
+def quantize_ir_with_accuracy_control(
+    onnx_path: str | Path,
+    xml_path: str | Path,
+    images: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    settings: NNCFSettings,
+    *,
+    class_names: Sequence[str],
+    rare_ids: Sequence[int],
+    max_drop: float,
+    metadata: Mapping[str, str],
+    inference_precision: str = "f32",
+    parent: str | None = None,
+) -> ModelArtifact:
+    """INT8 IR through ``nncf.quantize_with_accuracy_control``, driven by this project's
+    rare-class score (mean rare-class recall; see :func:`fopro_edge.deploy.gate.rare_class_score`):
+    NNCF reverts the layers that cost the most of it until the drop is within ``max_drop``."""
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    from fopro_edge.deploy.gate import rare_class_score
+
+    num_classes = len(class_names)
+
+    def validate(compiled: Any, items: Any) -> float:
+        preds, labels = [], []
+        for image, label in items:
+            preds.append(int(np.argmax(compiled(image)[0])))
+            labels.append(int(label))
+        return rare_class_score(np.asarray(labels), np.asarray(preds), num_classes, rare_ids)
+
+    model = read_onnx_as_ov(onnx_path)
+    subset = int(len(images))
+    q = nncf.quantize_with_accuracy_control(
+        model,
+        nncf_dataset(images),
+        nncf_dataset(val_images, val_labels),
+        validate,
+        max_drop=max_drop,
+        preset=nncf.QuantizationPreset(settings.preset),
+        subset_size=subset,
+        fast_bias_correction=settings.fast_bias_correction,
+        ignored_scope=_ignored_scope(settings),
+        advanced_quantization_parameters=_advanced(settings),
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            ranking_subset_size=int(len(val_images))
+        ),
+    )
+    meta = {**settings.to_dict(), "subset_size": subset, "calibration_images": subset,
+            "api": "nncf.quantize_with_accuracy_control", "metric": "mean rare-class recall",
+            "max_drop": max_drop, "validation_images": int(len(val_images))}
+    _set_rt_info(q, {**metadata, "weights_precision": "int8", "nncf_subset_size": subset})
+    return _save(q, Path(xml_path), compress_to_fp16=False, target_precision="int8", parent=parent, metadata=meta)
+
+
+def read_rt_info(xml_path: str | Path, section: Sequence[str] = ("fopro_edge",)) -> dict[str, str]:
+    """Flat ``{key: value}`` of one rt_info section of an IR (``("nncf", "quantization")`` holds
+    NNCF's parameters, ``subset_size`` included)."""
+    ov = _ov()
+    model = ov.Core().read_model(str(xml_path))
+    path = list(section)
+    if not model.has_rt_info(path):
+        return {}
+    out = {}
+    for k, v in model.get_rt_info(path).astype(dict).items():
+        try:
+            out[k] = v.astype(str)
+        except RuntimeError:  # a nested section
+            out[k] = "{...}"
+    return out

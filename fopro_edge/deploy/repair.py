@@ -1,0 +1,181 @@
+"""Repair of a failed INT8 step: a bounded, reported sequence of tries until the gate passes.
+
+The order follows what usually helps most per unit of cost: (1) a larger rare-stratified
+calibration set, (2) another calibration method, (3) the most sensitive layers kept in floating
+point (ranked by per-layer error), and for OpenVINO (4) NNCF's accuracy control driven by the
+rare-class score. Backends supply one function that makes and checks an artifact for a plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fopro_edge.deploy.artifact import ModelArtifact
+from fopro_edge.deploy.gate import GateReport
+from fopro_edge.errors import FoproEdgeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TryPlan:
+    """What one try changes. ``None`` fields keep the value of the best try so far."""
+
+    label: str
+    calibration_size: int | None = None
+    method: str | None = None
+    float_layers: int = 0
+    accuracy_control: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A made and checked artifact (or the error that stopped the try)."""
+
+    artifact: ModelArtifact | None
+    report: GateReport | None
+    settings: dict[str, Any] = field(default_factory=dict)
+    calibration_images: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    label: str
+    status: str  # PASSED | FAILED | ERROR | SKIPPED
+    settings: dict[str, Any]
+    calibration_images: int
+    balanced_accuracy: float | None
+    balanced_accuracy_drop: float | None
+    rare_recall: float | None
+    rare_right_to_wrong: int | None
+    flips: int | None
+    failing_classes: tuple[str, ...]
+    seconds: float
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RepairLog:
+    attempts: tuple[Attempt, ...]
+    chosen: int  # number of the attempt whose artifact was kept
+    passed: bool
+    budget: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "chosen": self.chosen, "budget": self.budget,
+                "attempts": [a.to_dict() for a in self.attempts]}
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"Tries (budget {self.budget}; kept: try {self.chosen}, {'PASSED' if self.passed else 'FAILED'}):",
+            "",
+            "| try | what | calib. images | status | bal. acc % | drop pt | rare recall % | rare right→wrong | flips | failing classes |",
+            "|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for a in self.attempts:
+            def pct(v: float | None) -> str:
+                return "" if v is None else f"{100 * v:.1f}"
+            lines.append(
+                f"| {a.number} | {a.label}{' — ' + a.note if a.note else ''} | {a.calibration_images or ''} | {a.status} | "
+                f"{pct(a.balanced_accuracy)} | {'' if a.balanced_accuracy_drop is None else f'{100 * a.balanced_accuracy_drop:.2f}'} | "
+                f"{pct(a.rare_recall)} | {'' if a.rare_right_to_wrong is None else a.rare_right_to_wrong} | "
+                f"{'' if a.flips is None else a.flips} | {', '.join(a.failing_classes)} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def plan_repairs(
+    base_size: int,
+    available_images: int,
+    *,
+    size_factor: float,
+    methods: Sequence[str],
+    base_method: str,
+    float_layers: Sequence[int],
+    accuracy_control: bool = False,
+    max_tries: int,
+) -> list[TryPlan]:
+    """The repair plans after the first (base) try, cut to ``max_tries - 1``."""
+    plans: list[TryPlan] = []
+    larger = min(available_images, max(base_size + 1, math.ceil(base_size * size_factor)))
+    if larger > min(base_size, available_images):
+        plans.append(TryPlan(f"larger rare-stratified calibration set ({larger} images)", calibration_size=larger))
+    for m in methods:
+        if m != base_method:
+            plans.append(TryPlan(f"calibration method {m}", method=m))
+    for k in float_layers:
+        plans.append(TryPlan(f"{k} most sensitive layer(s) kept in float", float_layers=int(k)))
+    if accuracy_control:
+        plans.append(TryPlan("NNCF accuracy control on the rare-class score", accuracy_control=True))
+    return plans[: max(0, max_tries - 1)]
+
+
+def score_key(o: Outcome) -> tuple:
+    """Higher is better: passed, fewer failing classes, fewer rare right->wrong flips, higher bal. acc."""
+    r = o.report
+    if r is None:
+        return (False, -10**9, -10**9, -1.0)
+    return (r.passed, -len(r.failing_classes), -r.flips.rare_right_to_wrong, r.candidate.balanced_accuracy)
+
+
+def _attempt(number: int, label: str, o: Outcome, seconds: float) -> Attempt:
+    r = o.report
+    status = "ERROR" if r is None else r.status
+    return Attempt(
+        number=number, label=label, status=status, settings=dict(o.settings), calibration_images=o.calibration_images,
+        balanced_accuracy=None if r is None else r.candidate.balanced_accuracy,
+        balanced_accuracy_drop=None if r is None else r.balanced_accuracy_drop,
+        rare_recall=None if r is None else r.candidate.rare_recall,
+        rare_right_to_wrong=None if r is None else r.flips.rare_right_to_wrong,
+        flips=None if r is None else r.flips.total,
+        failing_classes=() if r is None else r.failing_classes,
+        seconds=round(seconds, 2), note=o.error or "",
+    )
+
+
+def run_tries(
+    base_label: str,
+    make: Callable[[TryPlan, Outcome | None, int], Outcome],
+    plans: Sequence[TryPlan],
+    *,
+    enabled: bool,
+) -> tuple[Outcome, RepairLog]:
+    """Run the base try, then the repair plans while the gate fails; return the best outcome.
+
+    ``make(plan, best_so_far, number)`` builds and checks one artifact. An exception in a repair
+    try is recorded and the next plan runs; the base try's exceptions propagate.
+    """
+    t0 = time.perf_counter()
+    best = make(TryPlan(base_label), None, 1)
+    attempts = [_attempt(1, base_label, best, time.perf_counter() - t0)]
+    chosen = 1
+    if enabled and not (best.report and best.report.passed):
+        for i, plan in enumerate(plans, start=2):
+            t0 = time.perf_counter()
+            try:
+                o = make(plan, best, i)
+            except FoproEdgeError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a failing try (e.g. an NNCF crash) must not end the repair
+                log.warning("repair try %d (%s) failed: %s", i, plan.label, e)
+                o = Outcome(None, None, {}, 0, f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            attempts.append(_attempt(i, plan.label, o, time.perf_counter() - t0))
+            log.info("repair try %d: %s -> %s", i, plan.label, attempts[-1].status)
+            if score_key(o) > score_key(best):
+                best, chosen = o, i
+            if o.report is not None and o.report.passed:
+                break
+    passed = bool(best.report and best.report.passed)
+    return best, RepairLog(tuple(attempts), chosen, passed, 1 + (len(plans) if enabled else 0))
