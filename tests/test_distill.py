@@ -23,7 +23,7 @@ SMOKE = REPO / "recipes" / "smoke_synthetic.yaml"
 
 def _run(tmp_path: Path, name: str, *overrides: str, resume: bool = False):
     recipe = load_recipe(SMOKE, overrides)
-    return distill(recipe, prepare_run_dir(tmp_path / name, recipe.name, resume=resume), progress=False)
+    return distill(recipe, prepare_run_dir(tmp_path / name, recipe.name, resume=resume), resume=resume, progress=False)
 
 
 @pytest.mark.parametrize("method", ["ce", "bsm", "ekd", "ekd+fpg", "fopro"])

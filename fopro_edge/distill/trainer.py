@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from fopro_edge.config import Recipe, save_recipe
 from fopro_edge.data import (
+    CheckedDataLoader,
     ImageDataset,
     build_sampler,
     build_splits,
@@ -142,7 +143,7 @@ class Trainer:
             sampler = build_sampler(labels, d.sampler, num_samples=len(labels) // rt.world_size)
             sampler.generator = self.generator  # re-seeded every epoch, per rank
         batch = min(d.batch_size, max(2, len(self.train_set) // rt.world_size))
-        return DataLoader(
+        return CheckedDataLoader(
             self.train_set,
             batch_size=batch,
             sampler=sampler,
@@ -155,7 +156,7 @@ class Trainer:
 
     def _eval_loader(self, dataset) -> DataLoader:
         d = self.recipe.data
-        return DataLoader(dataset, batch_size=d.eval_batch_size, shuffle=False, num_workers=d.num_workers)
+        return CheckedDataLoader(dataset, batch_size=d.eval_batch_size, shuffle=False, num_workers=d.num_workers)
 
     def _start_epoch(self, epoch: int) -> None:
         """Every random stream of an epoch derives from (seed, epoch): a resumed run replays it exactly."""
@@ -253,9 +254,13 @@ class Trainer:
     def _check_finite(self, terms: dict[str, torch.Tensor], step: int) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
         if bad:
+            last = self.run_dir.last_checkpoint
+            kept = (
+                f"the last good checkpoint is kept in {last}" if last.is_file() else "no checkpoint was written yet"
+            )
             raise TrainingError(
-                f"non-finite loss at step {step} (term {', '.join(bad)}); the last good checkpoint is kept in "
-                f"{self.run_dir.last_checkpoint} (lower optim.lr or set runtime.amp=none, then --resume)"
+                f"non-finite loss at step {step} (term {', '.join(bad)}); {kept} "
+                "(lower optim.lr or set runtime.amp=none, then --resume)"
             )
 
     @torch.no_grad()
@@ -377,6 +382,7 @@ class Trainer:
         metrics["best_epoch"] = int(best["epoch"])
         metrics["method"] = self.recipe.distill.method
         metrics["long_tail"] = {"imbalance_ratio": self.stats.imbalance_ratio}
+        metrics["skipped_images"] = {"count": len(self.splits.skipped), "first": self.splits.skipped[:20]}
         if self.explore_result is not None:
             metrics["explore"] = self.explore_result
         gain = self.prompt.mean_gain().cpu().numpy() if self.prompt is not None else None
