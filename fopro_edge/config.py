@@ -226,7 +226,7 @@ class _StrictSafeLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, typing.Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (each key may appear once)", key_node.start_mark
+                    None, None, f"duplicate key '{key}'; each key may appear once", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
@@ -257,6 +257,9 @@ def _check_recipe(r: Recipe, ctx: _Context) -> None:
             _fail(ctx, "data.train_csv", "required when data.source is 'csv'")
         if d.root is None:
             _fail(ctx, "data.root", "required when data.source is 'csv' (the image folder)")
+    g = d.groups
+    if g.few_below > g.many_above + 1:
+        _fail(ctx, "data.groups.few_below", f"{g.few_below} must be <= many_above + 1 = {g.many_above + 1} (or a class could be both 'many' and 'few')")
     if d.val_fraction + d.test_fraction >= 0.9:
         _fail(ctx, "data.test_fraction", f"val_fraction + test_fraction = {d.val_fraction + d.test_fraction:g} leaves too little to train on (keep it below 0.9)")
     if r.teacher.pretrained and r.teacher.weights:
@@ -402,6 +405,11 @@ def _value(tp: Any, v: Any, key: str, meta: typing.Mapping, ctx: _Context) -> An
         _check_range(v, key, meta, ctx)
         return v
     if tp is float:
+        if isinstance(v, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                v = float(v)
+            except ValueError:
+                pass
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             _fail(ctx, key, f"expected a number, got {v!r}")
         _check_range(float(v), key, meta, ctx)

@@ -91,3 +91,8 @@ def test_relative_paths_resolve_against_the_recipe(tmp_path):
     f = tmp_path / "r.yaml"
     f.write_text("data: {source: folder, root: imgs}\n")
     assert load_recipe(f).data.root == str((tmp_path / "imgs").resolve())
+
+
+def test_exponent_without_dot_is_a_number():
+    assert recipe_from_dict({"optim": {"lr": "1e-3"}}, ["distill.explore.lr=3e-4"]).distill.explore.lr == 3e-4
+    assert "optim.lr: expected a number, got 'fast'" in _err({"optim": {"lr": "fast"}})
