@@ -299,6 +299,13 @@ def _model_problem(name: str) -> str | None:
     return f"unknown timm model '{name}' ({hint})"
 
 
+def convert_section(
+    cls: type, raw: Any, *, prefix: str = "", source: str = "<config>", base_dir: Path | None = None, check_paths: bool = False
+) -> Any:
+    """Strictly convert ``raw`` into the dataclass ``cls`` (used for any typed YAML: recipes, export profiles)."""
+    return _convert(cls, raw, prefix, _Context(source, base_dir or Path.cwd(), check_paths))
+
+
 def save_recipe(recipe: Recipe, path: Path) -> None:
     from fopro_edge.io import atomic_write_text
 

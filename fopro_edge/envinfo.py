@@ -1,35 +1,65 @@
-"""A fingerprint of the machine and library versions, attached to every run and report."""
+"""A fingerprint of the machine and library versions, attached to every run and report.
+
+``collect_env()`` is cheap (files and package metadata). ``collect_env(runtimes=True)`` also asks
+the inference runtimes what they will use here: ONNX Runtime's execution providers, OpenVINO's
+CPU capabilities and default inference precision (bf16 on CPUs with bf16 units), TensorRT's
+version; and on a Jetson its model, L4T release, power mode and clocks.
+"""
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import os
 import platform
+import shutil
+import subprocess
+import sys
 from typing import Any
 
-PACKAGES = ("torch", "torchvision", "timm", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt")
+PACKAGES = ("torch", "torchvision", "timm", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "tensorrt")
+
+# Instruction sets that decide int8 / bf16 speed: x86 (VNNI, AVX-512 BF16/FP16, AMX) and Arm (dot
+# product, int8 matmul, bf16, fp16 arithmetic, SVE).
+ISA_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+    "amx_tile", "amx_bf16", "amx_int8",
+    "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "fphp",
+)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().replace("\x00", "").strip()
+    except OSError:
+        return None
 
 
 def cpu_info() -> dict[str, Any]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name") and ":" in line:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith(("flags", "Features")) and ":" in line:
-                    flags = set(line.split(":", 1)[1].split())
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni", "asimd", "fp16")
-    return {
-        "model": model,
+    model, flags = "", set()
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        if line.startswith(("model name", "Model")) and ":" in line and not model:
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith(("flags", "Features")) and ":" in line and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    out: dict[str, Any] = {
+        "model": model or platform.processor() or platform.machine(),
+        "arch": platform.machine(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "isa": sorted(f for f in wanted if f in flags),
+        "isa": sorted(f for f in ISA_FLAGS if f in flags),
+        "virtualized": "hypervisor" in flags,
     }
+    governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    if governor:
+        out["governor"] = governor
+    mem = _read("/proc/meminfo") or ""
+    for line in mem.splitlines():
+        if line.startswith("MemTotal:"):
+            out["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+    return out
 
 
 def package_versions() -> dict[str, str | None]:
@@ -43,10 +73,13 @@ def package_versions() -> dict[str, str | None]:
 
 
 def gpu_info() -> dict[str, Any] | None:
-    try:
-        import torch
-    except ImportError:
-        return None
+    if "torch" not in sys.modules:
+        try:
+            import torch
+        except ImportError:
+            return None
+    import torch
+
     if not torch.cuda.is_available():
         return None
     props = torch.cuda.get_device_properties(0)
@@ -56,14 +89,122 @@ def gpu_info() -> dict[str, Any] | None:
         "memory_gib": round(props.total_memory / 2**30, 1),
         "capability": f"{props.major}.{props.minor}",
         "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
     }
 
 
-def collect_env() -> dict[str, Any]:
-    return {
+def torch_info() -> dict[str, Any] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    out: dict[str, Any] = {"version": torch.__version__, "threads": torch.get_num_threads()}
+    try:
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        pass
+    return out
+
+
+def onnxruntime_info() -> dict[str, Any] | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return {"version": ort.__version__, "providers": ort.get_available_providers()}
+
+
+def openvino_info() -> dict[str, Any] | None:
+    """Version, devices, and for the CPU its capabilities and *default* inference precision
+    (what an IR runs in unless INFERENCE_PRECISION_HINT is set; each measurement records the
+    precision really used)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    out: dict[str, Any] = {"version": ov.get_version(), "devices": list(core.available_devices)}
+    try:
+        from fopro_edge.deploy.runners import ov_precision_name
+
+        out["cpu_capabilities"] = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        out["cpu_default_inference_precision"] = ov_precision_name(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+        out["cpu_name"] = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+    except Exception:  # noqa: BLE001 - a property this OpenVINO build does not have
+        pass
+    return out
+
+
+def tensorrt_info() -> dict[str, Any] | None:
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    return {"version": trt.__version__}
+
+
+def _freq_mhz(path: str) -> float | None:
+    v = _read(path)
+    try:
+        return None if v is None else int(v.split()[0]) / 1000.0
+    except ValueError:
+        return None
+
+
+def jetson_info() -> dict[str, Any] | None:
+    """Model, L4T release, power mode (``nvpmodel -q``) and clocks of an NVIDIA Jetson; ``None``
+    elsewhere. Clocks: CPU cur/max (kHz files), GPU and EMC devfreq cur/max (Hz files);
+    ``clocks_at_max`` is true when every readable current clock equals its maximum (what
+    ``sudo jetson_clocks`` sets)."""
+    model = _read("/proc/device-tree/model")
+    release = _read("/etc/nv_tegra_release")
+    if not release and not (model and ("jetson" in model.lower() or "nvidia" in model.lower())):
+        return None
+    out: dict[str, Any] = {"model": model, "l4t_release": (release or "").splitlines()[0] if release else None}
+    if shutil.which("nvpmodel"):
+        try:
+            q = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10, check=False)
+            out["nvpmodel"] = " ".join(ln.strip() for ln in q.stdout.splitlines() if ln.strip()) or q.stderr.strip()
+        except (OSError, subprocess.SubprocessError) as e:
+            out["nvpmodel"] = f"unreadable ({e})"
+    at_max = []
+    cpus = {}
+    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq")):
+        cur, mx = _freq_mhz(f"{d}/scaling_cur_freq"), _freq_mhz(f"{d}/scaling_max_freq")
+        if cur is not None:
+            cpus[d.split("/")[-2]] = {"cur_mhz": cur, "max_mhz": mx}
+            if mx:
+                at_max.append(cur >= mx)
+    out["cpu_clocks"] = cpus
+    devfreq = {}
+    for d in sorted(glob.glob("/sys/class/devfreq/*")):
+        name = os.path.basename(os.path.realpath(d))
+        cur, mx = _read(f"{d}/cur_freq"), _read(f"{d}/max_freq")
+        if cur and cur.isdigit():
+            devfreq[name] = {"cur_mhz": int(cur) / 1e6, "max_mhz": int(mx) / 1e6 if mx and mx.isdigit() else None}
+            if mx and mx.isdigit():
+                at_max.append(int(cur) >= int(mx))
+    out["devfreq_clocks"] = devfreq  # the GPU (e.g. 17000000.gpu / gpu.0) and memory (EMC) where exposed
+    out["clocks_at_max"] = all(at_max) if at_max else None
+    return out
+
+
+def collect_env(*, runtimes: bool = False) -> dict[str, Any]:
+    """The fingerprint; with ``runtimes`` also the inference runtimes' view of this machine."""
+    env: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "hostname": platform.node(),
         "cpu": cpu_info(),
         "gpu": gpu_info(),
         "packages": package_versions(),
     }
+    jetson = jetson_info()
+    if jetson is not None:
+        env["jetson"] = jetson
+    if runtimes:
+        env["torch"] = torch_info()
+        env["onnxruntime"] = onnxruntime_info()
+        env["openvino"] = openvino_info()
+        env["tensorrt"] = tensorrt_info()
+    return env

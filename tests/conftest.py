@@ -15,9 +15,9 @@ def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     has_trt = importlib.util.find_spec("tensorrt") is not None
     for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+        if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-        if "tensorrt" in item.keywords and not (has_trt and has_cuda):
+        if item.get_closest_marker("tensorrt") and not (has_trt and has_cuda):
             item.add_marker(pytest.mark.skip(reason="needs tensorrt and a CUDA GPU"))
 
 

@@ -86,3 +86,26 @@ def between(start: CpuTimes | None, end: CpuTimes | None) -> Interference | None
         wall_s=wall, cpus=end.cpus, other_cpu_s=other,
         other_cpu_share=min(1.0, other / capacity), steal_share=min(1.0, steal / capacity),
     )
+
+
+def wait_for_quiet(threshold: float = 0.05, *, window_s: float = 5.0, max_wait_s: float = 1200.0,
+                   sleep_s: float = 30.0) -> Interference | None:
+    """Block until other processes use at most ``threshold`` of the CPU over a ``window_s``
+    window (this process idle meanwhile), or ``max_wait_s`` passed; returns the last window's
+    reading (``None`` where ``/proc/stat`` is unreadable)."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        start = sample()
+        time.sleep(window_s)
+        reading = between(start, sample())
+        if reading is None or reading.other_cpu_share <= threshold:
+            return reading
+        if time.monotonic() >= deadline:
+            log.warning("the machine is still busy (%.0f%% of the CPU used by other processes); measuring anyway",
+                        100 * reading.other_cpu_share)
+            return reading
+        log.info("waiting for a quiet machine: other processes use %.0f%% of the CPU", 100 * reading.other_cpu_share)
+        time.sleep(sleep_s)

@@ -19,10 +19,12 @@ def distill(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bo
     """
     import os
 
-    from fopro_edge.config import load_recipe
+    from fopro_edge.config import device_problem, load_recipe
     from fopro_edge.distill.rundir import prepare_run_dir
     from fopro_edge.distill.trainer import distill as run_distill
 
+    if device is not None and device_problem(device):
+        raise click.BadParameter(device_problem(device), param_hint="'--device'")
     cfg = load_recipe(recipe, overrides)
     is_main = int(os.environ.get("RANK", "0")) == 0
     run_dir = prepare_run_dir(out, cfg.name, resume=resume) if is_main or out else None
@@ -41,6 +43,9 @@ def distill(recipe: str, out: str | None, overrides: tuple[str, ...], resume: bo
     )
     for name, path in result.reports.items():
         click.echo(f"{name + ':':<19}{path}")
+    skipped = m.get("skipped_images", {}).get("count", 0)
+    if skipped:
+        click.echo(f"skipped images:    {skipped} unreadable (data.bad_images: skip; all listed in splits.json)")
 
 
 def _fmt(v: float | None) -> str:

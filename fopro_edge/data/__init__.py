@@ -1,7 +1,7 @@
 """Data layer: readers, splits, long-tail statistics, transforms, datasets and calibration sets."""
 
 from fopro_edge.data.calibration import stratified_calibration_indices
-from fopro_edge.data.datasets import ImageDataset, build_sampler
+from fopro_edge.data.datasets import CheckedDataLoader, ImageDataset, build_sampler
 from fopro_edge.data.images import ImageList, drop_unreadable, find_unreadable, open_rgb, to_rgb
 from fopro_edge.data.longtail import LongTailStats, compute_longtail_stats, longtail_counts
 from fopro_edge.data.sources import (
@@ -17,6 +17,7 @@ from fopro_edge.data.synthetic import synthetic_image, synthetic_splits
 from fopro_edge.data.transforms import build_transform
 
 __all__ = [
+    "CheckedDataLoader",
     "DataSplits",
     "ISIC2019_CLASSES",
     "ImageDataset",

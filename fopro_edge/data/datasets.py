@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from fopro_edge.data.images import ImageList
+from fopro_edge.errors import DataError, FoproEdgeError
 
 SAMPLERS = ("instance", "balanced", "sqrt")
 
@@ -26,6 +27,46 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         return self.transform(self.images.load(i)), int(self.images.labels[i]), int(i)
+
+
+class CheckedDataLoader(DataLoader):
+    """A DataLoader whose worker failures surface as one-line errors.
+
+    PyTorch re-raises an error from a worker process with the worker's whole traceback as its
+    message; a :class:`FoproEdgeError` (e.g. an unreadable image) gets its own one-line message
+    back, and a worker that died (killed, out of memory) becomes a :class:`DataError`.
+    """
+
+    def __iter__(self):
+        it = super().__iter__()
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except FoproEdgeError as e:
+                raise type(e)(worker_message(e)) from None
+            except RuntimeError as e:
+                if "DataLoader worker" not in str(e) or "Original Traceback" in str(e):
+                    raise  # not a dead worker: a bug inside one keeps its traceback
+                first = str(e).strip().splitlines()[0]
+                raise DataError(
+                    f"data.num_workers: a data loader worker failed ({first}); "
+                    "set data.num_workers: 0 to see the failing image, or lower data.batch_size if memory is short"
+                ) from None
+            yield batch
+
+
+def worker_message(e: BaseException) -> str:
+    """The original one-line message of an error re-raised from a DataLoader worker."""
+    text = str(e)
+    if "DataLoader worker" not in text or "Traceback" not in text:
+        return text
+    last = next((line for line in reversed(text.splitlines()) if line.strip()), text)
+    for prefix in (f"{type(e).__module__}.{type(e).__qualname__}: ", f"{type(e).__qualname__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last
 
 
 def build_sampler(

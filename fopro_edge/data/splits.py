@@ -136,10 +136,12 @@ def check_splits(splits: DataSplits, key: str = "data", where: str | None = None
             raise DataError(f"{key}: the {name} split has different classes than the training split")
     if len(splits.train) == 0:
         raise DataError(f"{key}: the training split is empty (no images; check {key_only})")
+    if len(names) < 2:
+        raise DataError(f"{key}: only one class ({', '.join(names)}); a classifier needs at least 2 (check {key_only})")
     counts = splits.train.counts()
     for k in np.flatnonzero(counts == 0).tolist():
         where = [n for n in ("val", "test") if splits.split(n).counts()[k] > 0]
-        has = f"has {'/'.join(where)} images but " if where else ""
+        has = f"has {'/'.join(where)} images but " if where else "has "
         raise DataError(
             f"{key}: class '{names[k]}' {has}no training images (every class needs >= 1 training image; "
             "add some or remove the class)"

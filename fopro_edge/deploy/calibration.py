@@ -106,13 +106,13 @@ def load_calibration(
         raise ConfigError(f"{key}: {path} has no 'indices' list (expected a calibration.json written by fopro-edge export)")
     labels = np.asarray(train_labels, dtype=np.int64)
     idx = np.asarray(raw["indices"], dtype=np.int64)
-    if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(labels):
-        raise ConfigError(f"{key}: {path}: indices must lie in [0, {len(labels)}) (the train split has {len(labels)} images)")
     train_size = raw.get("train_size")
     if train_size and int(train_size) != len(labels):
         raise ConfigError(
             f"{key}: {path} was made for a train split of {train_size} images, this one has {len(labels)} (another run?)"
         )
+    if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(labels):
+        raise ConfigError(f"{key}: {path}: indices must lie in [0, {len(labels)}) (the train split has {len(labels)} images)")
     counts, missing = _describe(idx, labels, class_names, rare_classes)
     if missing:
         log.warning("calibration file %s holds no image of rare class(es): %s", path, ", ".join(missing))

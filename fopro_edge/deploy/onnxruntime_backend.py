@@ -3,13 +3,15 @@ timing, TensorRT explicit-quantization rules, and the per-node sensitivity ranki
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import platform
 import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +35,35 @@ def _quant():
     return quantization
 
 
+class _DropRootInfo(logging.Filter):
+    """ORT's quantizer logs chatter ("Created a copy of bias input ...") on the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence ORT's prints and root-logger INFO lines while quantizing (kept at debug level)."""
+    root, flt, buf = logging.getLogger(), _DropRootInfo(), io.StringIO()
+    root.addFilter(flt)
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        root.removeFilter(flt)
+        if buf.getvalue().strip():
+            log.debug("onnxruntime.quantization: %s", buf.getvalue().strip()[:2000])
+
+
 def preprocess(src: str | Path, dst: str | Path) -> Path:
     """``quant_pre_process``: shape inference + graph optimisation before quantization."""
     q = _quant()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     del q
-    quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    with _quiet():
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
     return Path(dst)
 
 
@@ -86,22 +110,25 @@ def quantize_qdq(
         extra.update({"ActivationSymmetric": True, "QuantizeBias": False})
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.method != "minmax" and not fixed_batch:
+        batch_size = 1  # histogram calibrators stack per-batch outputs: equal batch sizes are required
     reader = ort_reader(images, INPUT_NAME, batch_size, fixed_batch=fixed_batch)
-    q.quantize_static(
-        str(pre_path),
-        str(out_path),
-        reader,
-        quant_format=q.QuantFormat.QDQ,
-        op_types_to_quantize=list(settings.op_types) or None,
-        per_channel=settings.per_channel,
-        reduce_range=settings.reduce_range,
-        activation_type=act,
-        weight_type=q.QuantType.QInt8,
-        nodes_to_exclude=list(settings.nodes_to_exclude) or None,
-        calibrate_method=methods[settings.method],
-        extra_options=extra,
-        calibration_cache_path=str(cache_path) if cache_path else None,
-    )
+    with _quiet():
+        q.quantize_static(
+            str(pre_path),
+            str(out_path),
+            reader,
+            quant_format=q.QuantFormat.QDQ,
+            op_types_to_quantize=list(settings.op_types) or None,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            activation_type=act,
+            weight_type=q.QuantType.QInt8,
+            nodes_to_exclude=list(settings.nodes_to_exclude) or None,
+            calibrate_method=methods[settings.method],
+            extra_options=extra,
+            calibration_cache_path=str(cache_path) if cache_path else None,
+        )
     if metadata_source:
         copy_metadata(metadata_source, out_path, {
             "fopro_edge.precision": "int8",

@@ -3,9 +3,11 @@ passed explicitly as ``subset_size`` and recorded in the IR."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,18 @@ def _nncf():
     except ImportError:
         raise MissingDependencyError(OPENVINO_HINT) from None
     return nncf
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """NNCF draws progress bars on stdout; a library must not print (kept at debug level)."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        if buf.getvalue().strip():
+            log.debug("nncf: %s", buf.getvalue().strip()[-2000:])
 
 
 def _set_rt_info(model: Any, metadata: Mapping[str, Any]) -> None:
@@ -117,15 +131,16 @@ def quantize_ir(
     nncf = _nncf()
     model = read_onnx_as_ov(onnx_path)
     subset = int(len(images))
-    q = nncf.quantize(
-        model,
-        nncf_dataset(images),
-        preset=nncf.QuantizationPreset(settings.preset),
-        subset_size=subset,
-        fast_bias_correction=settings.fast_bias_correction,
-        ignored_scope=_ignored_scope(settings),
-        advanced_parameters=_advanced(settings),
-    )
+    with _quiet():
+        q = nncf.quantize(
+            model,
+            nncf_dataset(images),
+            preset=nncf.QuantizationPreset(settings.preset),
+            subset_size=subset,
+            fast_bias_correction=settings.fast_bias_correction,
+            ignored_scope=_ignored_scope(settings),
+            advanced_parameters=_advanced(settings),
+        )
     meta = {**settings.to_dict(), "subset_size": subset, "calibration_images": subset, "api": "nncf.quantize"}
     _set_rt_info(q, {**metadata, "weights_precision": "int8", "nncf_subset_size": subset})
     return _save(q, Path(xml_path), compress_to_fp16=False, target_precision="int8", parent=parent, metadata=meta)
@@ -165,21 +180,22 @@ def quantize_ir_with_accuracy_control(
 
     model = read_onnx_as_ov(onnx_path)
     subset = int(len(images))
-    q = nncf.quantize_with_accuracy_control(
-        model,
-        nncf_dataset(images),
-        nncf_dataset(val_images, val_labels),
-        validate,
-        max_drop=max_drop,
-        preset=nncf.QuantizationPreset(settings.preset),
-        subset_size=subset,
-        fast_bias_correction=settings.fast_bias_correction,
-        ignored_scope=_ignored_scope(settings),
-        advanced_quantization_parameters=_advanced(settings),
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-            ranking_subset_size=int(len(val_images))
-        ),
-    )
+    with _quiet():
+        q = nncf.quantize_with_accuracy_control(
+            model,
+            nncf_dataset(images),
+            nncf_dataset(val_images, val_labels),
+            validate,
+            max_drop=max_drop,
+            preset=nncf.QuantizationPreset(settings.preset),
+            subset_size=subset,
+            fast_bias_correction=settings.fast_bias_correction,
+            ignored_scope=_ignored_scope(settings),
+            advanced_quantization_parameters=_advanced(settings),
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                ranking_subset_size=int(len(val_images))
+            ),
+        )
     meta = {**settings.to_dict(), "subset_size": subset, "calibration_images": subset,
             "api": "nncf.quantize_with_accuracy_control", "metric": "mean rare-class recall",
             "max_drop": max_drop, "validation_images": int(len(val_images))}
@@ -197,8 +213,11 @@ def read_rt_info(xml_path: str | Path, section: Sequence[str] = ("fopro_edge",))
         return {}
     out = {}
     for k, v in model.get_rt_info(path).astype(dict).items():
+        if isinstance(v, dict):
+            out[k] = "{...}"  # a nested section
+            continue
         try:
-            out[k] = v.astype(str)
-        except RuntimeError:  # a nested section
+            out[k] = v.astype(str) if hasattr(v, "astype") else str(v)
+        except RuntimeError:
             out[k] = "{...}"
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +190,7 @@ def _recipe_export(run_dir: Path | None, embedded: dict[str, Any], checkpoint: P
 # --------------------------------------------------------------------------- the export context
 
 
-class _Export:
+class ExportContext:
     """State shared by the steps of one export: student, profile, check data, reference logits."""
 
     def __init__(self, checkpoint: Path, target: str, profile: Any, out_dir: Path) -> None:
@@ -285,7 +285,7 @@ class _Export:
 # --------------------------------------------------------------------------- steps
 
 
-def _step_onnx(x: _Export, *, name: str = "onnx", title: str = "ONNX fp32 (checked in ONNX Runtime)") -> StepResult:
+def _step_onnx(x: ExportContext, *, name: str = "onnx", title: str = "ONNX fp32 (checked in ONNX Runtime)") -> StepResult:
     from fopro_edge.deploy.onnx_backend import export_onnx
 
     p = x.profile
@@ -311,7 +311,7 @@ def _keep(chosen: ModelArtifact, final: Path, d: Path, pattern: str) -> ModelArt
                                     parent=chosen.parent, metadata=chosen.metadata)
 
 
-def _ort_quant_step(x: _Export, onnx_step: StepResult, *, name: str, title: str, symmetric: bool) -> StepResult:
+def _ort_quant_step(x: ExportContext, onnx_step: StepResult, *, name: str, title: str, symmetric: bool) -> StepResult:
     """ORT static QDQ with repair; ``symmetric``: TensorRT explicit-quantization rules."""
     from fopro_edge.deploy import onnxruntime_backend as ob
 
@@ -328,7 +328,7 @@ def _ort_quant_step(x: _Export, onnx_step: StepResult, *, name: str, title: str,
     extra: dict[str, Any] = {"calibration": {"count": len(cal), "class_counts": cal.class_counts,
                                              "rare_missing": list(cal.rare_missing)}}
     if cal.rare_missing:
-        notes.append(f"calibration set holds no image of rare class(es) {', '.join(cal.rare_missing)}")
+        notes.append(f"the first calibration set ({cal.source}) holds no image of rare class(es) {', '.join(cal.rare_missing)}")
     if symmetric:
         base = ob.QuantSettings(method=p.calibration.method, activation_type="s8", per_channel=True, symmetric=True,
                                 op_types=tuple(p.quantize_op_types))
@@ -357,6 +357,7 @@ def _ort_quant_step(x: _Export, onnx_step: StepResult, *, name: str, title: str,
                                            "nodes_to_exclude": tuple(k for k, _ in ranking[: plan.float_layers])})
         art = ob.quantize_qdq(pre, d / f"try-{n}.onnx", imgs, settings, batch_size=bs, fixed_batch=fixed,
                               metadata_source=src, target=x.target)
+        art = replace(art, parent=onnx_step.artifact.sha256)
         if symmetric:
             ob.assert_trt_qdq(art.path)
         with OrtRunner(art.path, precision="int8", threads=p.threads) as r:
@@ -367,13 +368,13 @@ def _ort_quant_step(x: _Export, onnx_step: StepResult, *, name: str, title: str,
     plans = plan_repairs(len(cal), len(x.splits.train), size_factor=p.repair.calibration_size_factor,
                          methods=p.repair.methods, base_method=base.method, float_layers=p.repair.float_layers,
                          max_tries=p.repair.max_tries)
-    best, rlog = run_tries(f"{base.method}, {base.activation_type} activations, per-channel weights", make, plans,
-                           enabled=p.repair.enabled)
+    label = (f"{base.method}, {base.activation_type} activations{' (symmetric)' if symmetric else ''}, "
+             f"{'per-channel' if base.per_channel else 'per-tensor'} weights")
+    best, rlog = run_tries(label, make, plans, enabled=p.repair.enabled)
     art = _keep(best.artifact, d / "model.onnx", d, "try-*.onnx")
+    best = replace(best, report=replace(best.report, artifact=_rel(art.path, x.out)))
     pre.unlink(missing_ok=True)
-    if best.settings.get("calibration_size") is not None:
-        used, _ = x.calibration(best.settings["calibration_size"])
-        save_calibration(d / "calibration.json", used, {"note": "the repair kept a larger calibration set"})
+    _record_repaired_calibration(x, d, best, notes, extra)
     if symmetric:
         extra["tensorrt_qdq_rules"] = "passed: int8 Q/DQ, zero points 0, per-tensor activations, per-channel weights on the output axis, float bias"
     extra["settings"] = best.settings
@@ -381,24 +382,36 @@ def _ort_quant_step(x: _Export, onnx_step: StepResult, *, name: str, title: str,
                          notes=tuple(notes), extra=extra)
 
 
-def _flow_onnx(x: _Export) -> list[StepResult]:
+def _record_repaired_calibration(x: ExportContext, d: Path, best: Outcome, notes: list[str], extra: dict[str, Any]) -> None:
+    """When the kept try used another calibration set than the shared one, save and report it."""
+    size = best.settings.get("calibration_size")
+    if size is None:
+        return
+    used, _ = x.calibration(size)
+    save_calibration(d / "calibration.json", used, {"note": "the repair kept this larger calibration set"})
+    extra["calibration"] = {"count": len(used), "class_counts": used.class_counts, "rare_missing": list(used.rare_missing)}
+    notes.append(f"the repair kept a larger rare-stratified calibration set: {len(used)} images "
+                 f"(saved in {d.name}/calibration.json; rare classes missing: {', '.join(used.rare_missing) or 'none'})")
+
+
+def _flow_onnx(x: ExportContext) -> list[StepResult]:
     return [_step_onnx(x)]
 
 
-def _flow_onnxruntime(x: _Export) -> list[StepResult]:
+def _flow_onnxruntime(x: ExportContext) -> list[StepResult]:
     steps = [_step_onnx(x)]
     if x.profile.precision == "int8" and steps[-1].status == PASSED:
         steps.append(_ort_quant_step(x, steps[0], name="int8", title="ONNX Runtime INT8 static QDQ", symmetric=False))
     return steps
 
 
-def _ov_runner(x: _Export, path: Path, precision: str) -> OpenVINORunner:
+def _ov_runner(x: ExportContext, path: Path, precision: str) -> OpenVINORunner:
     p = x.profile
     return OpenVINORunner(path, precision=precision, inference_precision=p.inference_precision, threads=p.threads,
                           performance_hint=p.performance_hint, device=p.device)
 
 
-def _flow_openvino(x: _Export) -> list[StepResult]:
+def _flow_openvino(x: ExportContext) -> list[StepResult]:
     from fopro_edge.deploy import openvino_backend as vb
 
     p = x.profile
@@ -466,15 +479,16 @@ def _flow_openvino(x: _Export) -> list[StepResult]:
              f"range estimator {n.range_estimator}, subset_size={len(cal)}")
     best, rlog = run_tries(label, make, plans, enabled=r.enabled)
     art = _keep(best.artifact, d / "model.xml", d, "try-*")
-    if best.settings.get("calibration_size") is not None:
-        used, _ = x.calibration(best.settings["calibration_size"])
-        save_calibration(d / "calibration.json", used, {"note": "the repair kept a larger calibration set"})
+    best = replace(best, report=replace(best.report, artifact=_rel(art.path, x.out)))
+    ov_notes: list[str] = []
+    _record_repaired_calibration(x, d, best, ov_notes, extra)
     extra.update({"settings": best.settings, "nncf_subset_size": best.settings.get("subset_size"),
                   "inference_precision": best.report.runtime_info.get("inference_precision")})
     steps.append(x.finish_step(name, "OpenVINO IR INT8 (NNCF)", d, art, best.report,
                                repair=rlog if len(rlog.attempts) > 1 else None,
                                notes=(_ov_precision_note(best.report.runtime_info),
-                                      f"NNCF subset_size={best.settings.get('subset_size')} (= the calibration count, passed explicitly)"),
+                                      f"NNCF subset_size={best.settings.get('subset_size')} (= the calibration count, passed explicitly)",
+                                      *ov_notes),
                                extra=extra))
     return steps
 
@@ -489,7 +503,7 @@ def _ov_precision_note(info: Mapping[str, Any]) -> str:
     return text
 
 
-def _rank_for_openvino(x: _Export, src: Path, d: Path, images: np.ndarray) -> list[tuple[str, float]]:
+def _rank_for_openvino(x: ExportContext, src: Path, d: Path, images: np.ndarray) -> list[tuple[str, float]]:
     """Per-node sensitivity from an ORT QDQ model of the same ONNX graph (backend-independent ranking)."""
     from fopro_edge.deploy import onnxruntime_backend as ob
 
@@ -503,7 +517,7 @@ def _rank_for_openvino(x: _Export, src: Path, d: Path, images: np.ndarray) -> li
         probe.unlink(missing_ok=True)
 
 
-def _accuracy_control_images(x: _Export, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _accuracy_control_images(x: ExportContext, count: int) -> tuple[np.ndarray, np.ndarray]:
     """A rare-stratified subset of the train split for NNCF's accuracy control (not the check split,
     so the gate stays an independent check)."""
     cal = select_calibration(x.splits.train.labels, x.class_names, x.rare, count, x.profile.calibration.seed + 1)
@@ -511,7 +525,7 @@ def _accuracy_control_images(x: _Export, count: int) -> tuple[np.ndarray, np.nda
     return images, np.asarray(x.splits.train.labels)[list(cal.indices)]
 
 
-def _flow_tensorrt(x: _Export) -> list[StepResult]:
+def _flow_tensorrt(x: ExportContext) -> list[StepResult]:
     from fopro_edge.deploy import tensorrt_backend as tb
     from fopro_edge.deploy.onnx_backend import INPUT_NAME
 
@@ -552,7 +566,7 @@ def _flow_tensorrt(x: _Export) -> list[StepResult]:
     return steps
 
 
-FLOWS: dict[str, Callable[[_Export], list[StepResult]]] = {
+FLOWS: dict[str, Callable[[ExportContext], list[StepResult]]] = {
     "onnx": _flow_onnx,
     "onnxruntime": _flow_onnxruntime,
     "openvino": _flow_openvino,
@@ -600,8 +614,10 @@ def export(
             )
     out = Path(out_dir) if out_dir else default_out_dir(checkpoint, run_dir, target)
     out.mkdir(parents=True, exist_ok=True)
+    keep = getattr(getattr(profile, "calibration", None), "indices_file", None)
+    _clean_previous(out, keep=Path(keep).resolve() if keep else None)
     log.info("export %s %s -> %s", target, profile.precision, out)
-    x = _Export(checkpoint, target, profile, out)
+    x = ExportContext(checkpoint, target, profile, out)
     steps = FLOWS[target](x)
     notes = []
     if target == "tensorrt" and steps[-1].status == NOT_RUN:
@@ -613,6 +629,27 @@ def export(
     atomic_write_json(out / "export.json", result.to_dict())
     atomic_write_text(out / "report.md", render_report(result))
     return result
+
+
+_OUTPUTS = ("onnx", "int8", "int8-qdq", "ir-fp32", "ir-fp16", "ir-int8")
+_TOP_FILES = ("export.json", "report.md", "calibration.json", "build_engine.sh")
+
+
+def _clean_previous(out: Path, keep: Path | None = None) -> None:
+    """Remove what an earlier export wrote into ``out`` (only names this module writes; a TensorRT
+    timing cache and a calibration file about to be reused are kept), so no stale step survives
+    next to the new report."""
+    for name in _OUTPUTS:
+        if (out / name).is_dir() and not (keep and (out / name).resolve() in keep.parents):
+            shutil.rmtree(out / name)
+    for name in _TOP_FILES:
+        if not (keep and (out / name).resolve() == keep):
+            (out / name).unlink(missing_ok=True)
+    engine = out / "engine"
+    if engine.is_dir():
+        for f in engine.iterdir():
+            if f.name != "timing.cache" and f.is_file():
+                f.unlink()
 
 
 def render_report(r: ExportResult) -> str:

@@ -19,13 +19,12 @@ from typing import Any, Literal
 
 import yaml
 
-from fopro_edge.config import _Context, _convert, parse_override  # one schema engine, one error format
+from fopro_edge.config import convert_section, parse_override  # one schema engine, one error format
 from fopro_edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("onnx", "onnxruntime", "openvino", "tensorrt")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def _range(lo: float | None = None, hi: float | None = None) -> dict:
@@ -203,7 +202,7 @@ def read_profile_file(path: str | Path) -> dict[str, Any]:
 
 def validate_layer(target: str, raw: Mapping[str, Any], source: str, prefix: str = "") -> None:
     """Check one layer of settings (unknown keys, types, ranges); raise a one-line ConfigError."""
-    profile = _convert(PROFILE_TYPES[check_target(target)], dict(raw), prefix, _Context(source, Path.cwd(), False))
+    profile = convert_section(PROFILE_TYPES[check_target(target)], dict(raw), prefix=prefix, source=source)
     repair = getattr(profile, "repair", None)
     if repair is not None and any(k < 1 for k in repair.float_layers):
         key = f"{prefix}.repair.float_layers" if prefix else "repair.float_layers"
@@ -280,7 +279,7 @@ def load_profile(
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = deep_merge(merged, layer)
-    return _convert(PROFILE_TYPES[target], merged, "", _Context("merged export profile", Path.cwd(), False))
+    return convert_section(PROFILE_TYPES[target], merged, source="merged export profile")
 
 
 def profile_to_dict(profile: Any) -> dict[str, Any]:

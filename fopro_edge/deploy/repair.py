@@ -81,14 +81,20 @@ class RepairLog:
         lines = [
             f"Tries (budget {self.budget}; kept: try {self.chosen}, {'PASSED' if self.passed else 'FAILED'}):",
             "",
-            "| try | what | calib. images | status | bal. acc % | drop pt | rare recall % | rare right→wrong | flips | failing classes |",
-            "|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+            "| try | what | method | float layers | calib. images | status | bal. acc % | drop pt | rare recall % "
+            "| rare right→wrong | flips | failing classes |",
+            "|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
         ]
         for a in self.attempts:
             def pct(v: float | None) -> str:
                 return "" if v is None else f"{100 * v:.1f}"
+            method = a.settings.get("method") or a.settings.get("range_estimator") or ""
+            if a.settings.get("accuracy_control"):
+                method += " + accuracy control"
+            floats = len(a.settings.get("nodes_to_exclude") or a.settings.get("ignored_onnx_nodes") or ())
             lines.append(
-                f"| {a.number} | {a.label}{' — ' + a.note if a.note else ''} | {a.calibration_images or ''} | {a.status} | "
+                f"| {a.number} | {a.label}{' — ' + a.note if a.note else ''} | {method} | {floats} | "
+                f"{a.calibration_images or ''} | {a.status} | "
                 f"{pct(a.balanced_accuracy)} | {'' if a.balanced_accuracy_drop is None else f'{100 * a.balanced_accuracy_drop:.2f}'} | "
                 f"{pct(a.rare_recall)} | {'' if a.rare_right_to_wrong is None else a.rare_right_to_wrong} | "
                 f"{'' if a.flips is None else a.flips} | {', '.join(a.failing_classes)} |"

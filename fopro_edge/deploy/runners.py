@@ -236,7 +236,6 @@ class TensorRTRunner(_Base):
         dim0 = self.engine.get_tensor_shape(self.input_name)[0]
         self.batch_size = int(dim0) if dim0 > 0 else None
         self.precision = precision
-        self.stream = torch.cuda.Stream(device=self.device)
         self.info = {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(self.device)}
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -247,9 +246,10 @@ class TensorRTRunner(_Base):
         y = torch.empty(out_shape, dtype=torch.float32, device=self.device)
         self.context.set_tensor_address(self.input_name, x.data_ptr())
         self.context.set_tensor_address(self.output_name, y.data_ptr())
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        stream = torch.cuda.current_stream(self.device)  # the stream the copies above were queued on
+        if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
-        self.stream.synchronize()
+        stream.synchronize()
         return y.cpu().numpy()
 
     def close(self) -> None:

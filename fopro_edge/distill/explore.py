@@ -19,8 +19,18 @@ from torch.utils.data import DataLoader
 from fopro_edge.config import Recipe
 from fopro_edge.distill.losses import BalancedSoftmax
 from fopro_edge.distill.runtime import Runtime
+from fopro_edge.errors import TrainingError
 
 log = logging.getLogger(__name__)
+
+
+def _check_finite(terms: dict[str, torch.Tensor], epoch: int) -> None:
+    bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+    if bad:
+        raise TrainingError(
+            f"non-finite loss in explore epoch {epoch + 1} (term {', '.join(bad)}); no checkpoint was written yet "
+            "(lower distill.explore.lr or prompt.alpha, or set runtime.amp=none)"
+        )
 
 
 def explore_prompt(
@@ -59,6 +69,7 @@ def explore_prompt(
                 loss_clean = bsm(clean_probe(t_clean.float()), y)
                 reg = prompt.gain_regulariser(log_gain=log_gain)
                 loss = loss_prompt + loss_clean + cfg.gain_l2 * reg
+            _check_finite({"probe_prompt": loss_prompt, "probe_clean": loss_clean, "gain_l2": reg}, epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if rt.distributed:

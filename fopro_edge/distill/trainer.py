@@ -253,6 +253,7 @@ class Trainer:
 
     def _check_finite(self, terms: dict[str, torch.Tensor], step: int) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+        bad = [k for k in bad if k != "loss"] or bad  # name the loss term, the total only when no term is at fault
         if bad:
             last = self.run_dir.last_checkpoint
             kept = (
@@ -261,6 +262,16 @@ class Trainer:
             raise TrainingError(
                 f"non-finite loss at step {step} (term {', '.join(bad)}); {kept} "
                 "(lower optim.lr or set runtime.amp=none, then --resume)"
+            )
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        bad = [k for k, v in self.net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            last = self.run_dir.last_checkpoint
+            kept = f"the last good checkpoint is kept in {last}" if last.is_file() else "no checkpoint was written yet"
+            raise TrainingError(
+                f"non-finite weights after epoch {epoch + 1} ({bad[0]}{' and more' if len(bad) > 1 else ''}); {kept} "
+                "(lower optim.lr or set optim.grad_clip, then --resume)"
             )
 
     @torch.no_grad()
@@ -286,6 +297,7 @@ class Trainer:
         )
 
     def _end_epoch(self, epoch: int, train_stats: dict[str, float], val: dict[str, Any]) -> None:
+        self._check_finite_weights(epoch)  # never checkpoint NaN/Inf weights as "last good"
         score = val["balanced_accuracy"]
         improved = score > self.best_score
         if improved:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -72,8 +73,7 @@ def read_state_dict(path: Path, key: str, strip_prefixes: tuple[str, ...] = ()) 
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is a user-facing file problem
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{key}: cannot read weights from {path}: {first} (only plain tensors are accepted)") from None
+        raise ConfigError(f"{key}: cannot read weights from {path}: {load_error_reason(e)} (only plain tensors are accepted)") from None
     for _ in range(3):
         if isinstance(obj, dict) and not _is_tensor_dict(obj):
             nested = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), dict)), None)
@@ -89,6 +89,18 @@ def read_state_dict(path: Path, key: str, strip_prefixes: tuple[str, ...] = ()) 
         if sum(k.startswith(prefix) for k in sd) >= len(sd) // 2:
             sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
     return sd
+
+
+def load_error_reason(e: Exception) -> str:
+    """One line saying why ``torch.load(..., weights_only=True)`` refused or failed to read a file."""
+    text = str(e)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it refers to the Python object '{found.group(1)}' and could run code, so it is refused"
+    if "Weights only load failed" in text:
+        return "it holds Python objects other than tensors and plain data, so it is refused"
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+    return f"corrupt, truncated or not a PyTorch file: {first}"
 
 
 def _is_tensor_dict(d: dict) -> bool:

@@ -1,0 +1,363 @@
+"""The whole chain in one call: distill -> export (every target the recipe lists) -> gate -> bench
+-> one report (``RUN_DIR/report.md``) a person can read top to bottom.
+
+The report is assembled from what each step wrote into the run directory (``longtail.json``,
+``metrics/metrics.json``, ``export/<target>/export.json``, ``bench/bench.json``), so it can also be
+re-rendered for an existing run with :func:`write_run_report`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fopro_edge.errors import ConfigError, GateFailedError, MissingDependencyError
+from fopro_edge.io import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Targets exported when the recipe has no ``export`` section: the two CPU INT8 paths.
+DEFAULT_TARGETS = ("onnxruntime", "openvino")
+GROUP_COLOURS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
+
+
+@dataclass(frozen=True)
+class SkippedTarget:
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkflowResult:
+    """What ``fopro-edge run`` produced."""
+
+    run_dir: Path
+    report: Path
+    test_metrics: dict[str, Any]
+    exports: tuple[Any, ...]  # fopro_edge.deploy.pipeline.ExportResult
+    skipped: tuple[SkippedTarget, ...]
+    bench: Any | None  # fopro_edge.bench.BenchReport
+
+    @property
+    def passed(self) -> bool:
+        return all(e.passed for e in self.exports)
+
+    def raise_for_gates(self) -> None:
+        """:class:`GateFailedError` (exit code 5) naming every target whose gate failed."""
+        failed = [e for e in self.exports if not e.passed]
+        if failed:
+            parts = []
+            for e in failed:
+                s = e.failed_step
+                classes = ", ".join(s.gate.failing_classes) if s and s.gate and s.gate.failing_classes else "a global threshold"
+                parts.append(f"{e.target} at step '{s.name if s else '?'}' ({classes})")
+            raise GateFailedError(f"rare-class gate FAILED: {'; '.join(parts)}; artifacts kept, marked FAILED; "
+                                  f"see {self.report}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir), "report": str(self.report), "passed": self.passed,
+            "test_metrics": {k: self.test_metrics.get(k) for k in ("balanced_accuracy", "macro_f1", "accuracy", "rare_recall")},
+            "exports": [{"target": e.target, "precision": e.precision, "passed": e.passed} for e in self.exports],
+            "skipped": [{"target": s.target, "reason": s.reason} for s in self.skipped],
+        }
+
+
+def export_targets(recipe_export: Mapping[str, Any], requested: Sequence[str] = ()) -> tuple[str, ...]:
+    """The targets to export: ``requested`` (command line) if given, else the keys of the recipe's
+    ``export`` section, else :data:`DEFAULT_TARGETS`."""
+    from fopro_edge.deploy.profiles import check_target
+
+    if requested:
+        return tuple(dict.fromkeys(check_target(t, "--target") for t in requested))
+    if recipe_export:
+        return tuple(check_target(str(t), f"export.{t}") for t in recipe_export)
+    return DEFAULT_TARGETS
+
+
+def run_recipe(
+    recipe_path: str | Path,
+    *,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    targets: Sequence[str] = (),
+    bench_config: Any | None = None,
+    skip_bench: bool = False,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool | None = None,
+) -> WorkflowResult:
+    """Distill ``recipe_path`` into a run directory, export it to every target, bench the
+    artifacts against the PyTorch student and teacher, and write ``RUN_DIR/report.md``.
+
+    A failed gate does not stop the chain (the artifact is kept, marked FAILED, and benched);
+    check ``result.passed`` or call ``result.raise_for_gates()``. A target whose runtime is not
+    installed is skipped and listed in the report.
+    """
+    from fopro_edge.config import load_recipe
+    from fopro_edge.distill.rundir import prepare_run_dir
+    from fopro_edge.distill.trainer import distill
+
+    recipe = load_recipe(recipe_path, overrides)
+    chosen = export_targets(recipe.export, targets)  # validate before hours of training
+    rd = prepare_run_dir(out, recipe.name, resume=resume)
+    t0 = time.monotonic()
+    result = distill(recipe, rd, resume=resume, device=device, progress=progress)
+    timings = {"distill_s": time.monotonic() - t0}
+
+    from fopro_edge.deploy.pipeline import export
+
+    exports, skipped = [], []
+    for target in chosen:
+        t1 = time.monotonic()
+        try:
+            exports.append(export(rd.path, target))
+        except MissingDependencyError as e:
+            log.warning("export %s skipped: %s", target, e)
+            skipped.append(SkippedTarget(target, str(e)))
+        timings[f"export_{target}_s"] = time.monotonic() - t1
+
+    report = None
+    if not skip_bench:
+        from fopro_edge.bench import bench
+
+        t2 = time.monotonic()
+        report = bench(rd.path, config=bench_config, device="cpu")
+        timings["bench_s"] = time.monotonic() - t2
+    path = write_run_report(rd.path, timings=timings, skipped=skipped)
+    return WorkflowResult(rd.path, path, result.test_metrics, tuple(exports), tuple(skipped), report)
+
+
+# ============================================================================ the report
+
+
+def _load_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def plot_longtail(longtail: Mapping[str, Any], path: Path) -> None:
+    """Train images per class, sorted, coloured by group, rare classes outlined; log scale."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    names, counts = longtail["class_names"], longtail["counts"]
+    groups, rare = longtail.get("groups") or {}, set(longtail.get("rare_classes") or [])
+    order = sorted(range(len(names)), key=lambda i: -counts[i])
+    fig = Figure(figsize=(max(5.0, 0.4 * len(names) + 2.0), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    x = range(len(order))
+    ax.bar(x, [max(counts[i], 0.8) for i in order], color=[GROUP_COLOURS.get(groups.get(names[i]), "#7f7f7f") for i in order],
+           edgecolor=["black" if names[i] in rare else "none" for i in order], linewidth=1.4)
+    ax.set_yscale("log")
+    ax.set_xticks(list(x), [names[i] + (" ★" if names[i] in rare else "") for i in order], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("train images (log)")
+    ratio = longtail.get("imbalance_ratio")
+    ax.set_title(f"Long-tail profile of the train split (imbalance ratio {ratio:.1f})" if ratio else "Long-tail profile")
+    handles = [Patch(color=c, label=g) for g, c in GROUP_COLOURS.items() if g in groups.values()]
+    handles.append(Patch(facecolor="white", edgecolor="black", label="★ rare"))
+    ax.legend(handles=handles, fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _data_section(run: Path, longtail: Mapping[str, Any] | None, recipe: Mapping[str, Any]) -> list[str]:
+    from fopro_edge.distill.report import markdown_table
+
+    out = ["## 1. Data: the long tail\n"]
+    data = recipe.get("data") or {}
+    out.append(f"Source `{data.get('source')}`, images resized to {data.get('image_size')} px, sampler "
+               f"`{data.get('sampler')}`. Groups by train count: many > {data.get('groups', {}).get('many_above')}, "
+               f"few < {data.get('groups', {}).get('few_below')}; rare classes = "
+               f"{'listed in the recipe' if (data.get('groups') or {}).get('rare_classes') else 'the few group'}.\n")
+    if not longtail:
+        return out + ["(no `longtail.json` in the run)\n"]
+    plot_longtail(longtail, run / "longtail.png")
+    names, counts = longtail["class_names"], longtail["counts"]
+    groups, rare = longtail.get("groups") or {}, set(longtail.get("rare_classes") or [])
+    rows = sorted(([n, c, groups.get(n, "–"), "★" if n in rare else ""] for n, c in zip(names, counts)), key=lambda r: -r[1])
+    ratio = longtail.get("imbalance_ratio")
+    out += [
+        f"{len(names)} classes, {sum(counts)} train images, imbalance ratio {ratio:.1f} (largest / smallest class); "
+        f"rare: {', '.join(longtail.get('rare_classes') or []) or '–'}.\n" if ratio else "",
+        "![long-tail profile](longtail.png)\n",
+        markdown_table(["class", "train images", "group", "rare"], rows),
+    ]
+    return out
+
+
+def _method_section(recipe: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> list[str]:
+    from fopro_edge.distill.report import markdown_table
+
+    t, s, d, p, o = (recipe.get(k) or {} for k in ("teacher", "student", "distill", "prompt", "optim"))
+    method = d.get("method")
+    rows = [
+        ["method", f"`{method}`"],
+        ["teacher (frozen)", f"`{t.get('model')}`" + (f", weights `{t.get('weights')}`" if t.get("weights") else
+                                                     ", ImageNet weights from the hub" if t.get("pretrained") else ", random init")],
+        ["student", f"`{s.get('model')}`" + (" (pre-trained)" if s.get("pretrained") else " (from scratch)")],
+        ["epochs / optimiser", f"{d.get('epochs')} / {o.get('name')} lr {o.get('lr')}, {o.get('schedule')}"],
+    ]
+    if method in ("ekd", "ekd+fpg", "fopro"):
+        rows.append(["EKD alignment weight λ", f"{d.get('align_weight')}"])
+    if method in ("ekd+fpg", "fopro"):
+        rows.append(["FPG", f"alpha {p.get('alpha')}, band {p.get('band')}, conditional {p.get('conditional')}"])
+    if method == "fopro":
+        akd = d.get("akd") or {}
+        rows.append(["AKD", f"adversarial FPG step every {akd.get('every')} steps, lr {akd.get('lr')}"])
+    out = ["## 2. Method\n", markdown_table(["", ""], rows)]
+    ex = (metrics or {}).get("explore")
+    if ex:
+        out.append(f"Explore stage ({ex.get('epochs')} epochs): linear probe on the teacher's features, balanced accuracy "
+                   f"{_pct(ex.get('probe_balanced_accuracy_without_prompt'))} % on clean images and "
+                   f"{_pct(ex.get('probe_balanced_accuracy_with_prompt'))} % on prompted images; learned gain "
+                   f"{ex.get('gain_min', 0):.3f}–{ex.get('gain_max', 0):.3f}.\n")
+    return out
+
+
+def _results_section(run: Path, metrics: Mapping[str, Any] | None) -> list[str]:
+    from fopro_edge.distill.report import markdown_table
+
+    if not metrics:
+        return ["## 3. Results per class\n", "(no `metrics/metrics.json` in the run)\n"]
+    g = metrics.get("group_recall") or {}
+    head = [["balanced accuracy", _pct(metrics.get("balanced_accuracy"))], ["macro F1", _pct(metrics.get("macro_f1"))],
+            ["accuracy", _pct(metrics.get("accuracy"))], ["rare-class recall", _pct(metrics.get("rare_recall"))],
+            *[[f"{k} recall", _pct(g.get(k))] for k in ("many", "medium", "few")]]
+    rows = [[r["name"], r.get("group") or "–", "★" if r.get("rare") else "", r.get("train_count"), r.get("support"),
+             _pct(r.get("precision")), _pct(r.get("recall")), _pct(r.get("f1"))]
+            for r in sorted(metrics.get("per_class", []), key=lambda r: -(r.get("train_count") or 0))]
+    out = [
+        f"## 3. Results per class ({metrics.get('split', 'test')} split, best epoch {metrics.get('best_epoch')})\n",
+        f"PyTorch student, {metrics.get('num_samples')} images. Percentages.\n",
+        markdown_table(["metric", "%"], head),
+        markdown_table(["class", "group", "rare", "train", "support", "precision %", "recall %", "F1 %"], rows),
+    ]
+    for name, title in (("per_class_recall.png", "per-class recall"), ("confusion_matrix.png", "confusion matrix"),
+                        ("fpg_gain.png", "learned FPG gain")):
+        if (run / "metrics" / name).is_file():
+            out.append(f"![{title}](metrics/{name})\n")
+    return out
+
+
+def _export_section(run: Path, skipped: Sequence[SkippedTarget]) -> list[str]:
+    from fopro_edge.distill.report import markdown_table
+
+    out = ["## 4. Export steps and their rare-class gates\n",
+           "Every step is compared image by image with the PyTorch student on the check split: balanced accuracy, "
+           "rare-class recall and flips (right→wrong on rare-class images). A failed step keeps its artifact, "
+           "marked FAILED.\n"]
+    manifests = sorted((run / "export").glob("*/export.json")) if (run / "export").is_dir() else []
+    if not manifests and not skipped:
+        out.append("(nothing exported)\n")
+    for m in manifests:
+        d = _load_json(m) or {}
+        status = "PASSED" if d.get("passed") else "FAILED"
+        rel = m.parent.relative_to(run)
+        out.append(f"### {d.get('target')} ({d.get('precision')}) — {status}\n")
+        rows = []
+        for s in d.get("steps", []):
+            g, a = s.get("gate") or {}, s.get("artifact") or {}
+            ref, cand, fl = g.get("reference") or {}, g.get("candidate") or {}, g.get("flips") or {}
+            rows.append([
+                s.get("name"), s.get("title"), f"{a['size_bytes'] / 2**20:.2f}" if a else "–",
+                f"{(g.get('parity') or {}).get('max_abs_logit_diff', 0):.2g}" if g else "–",
+                f"{_pct(ref.get('balanced_accuracy'))} → {_pct(cand.get('balanced_accuracy'))}" if g else "–",
+                f"{_pct(ref.get('rare_recall'))} → {_pct(cand.get('rare_recall'))}" if g else "–",
+                f"{fl.get('total')} ({fl.get('rare_right_to_wrong')})" if g else "–",
+                ", ".join(g.get("failing_classes") or []) or "–",
+                s.get("status"),
+            ])
+        out.append(markdown_table(["step", "what", "MiB", "max abs Δlogit", "bal. acc %", "rare recall %",
+                                   "flips (rare r→w)", "failing classes", "gate"], rows))
+        notes = [n for s in d.get("steps", []) for n in s.get("notes", [])] + list(d.get("notes") or [])
+        if notes:
+            out.append("".join(f"- {n}\n" for n in dict.fromkeys(notes)))
+        out.append(f"Details: [{rel}/report.md]({rel}/report.md); per step: `check.md` in each step folder.\n")
+    for s in skipped:
+        out.append(f"### {s.target} — NOT EXPORTED\n\n{s.reason}\n")
+    return out
+
+
+def _bench_section(run: Path) -> list[str]:
+    bj = _load_json(run / "bench" / "bench.json")
+    if not bj:
+        return ["## 5. Latency\n", "(not benchmarked: run `fopro-edge bench --run RUN_DIR`)\n"]
+    from fopro_edge.bench.report import render_markdown
+    from fopro_edge.bench.results import BenchReport
+
+    report = BenchReport.from_dict(bj)
+    chart = "bench/latency.png" if (run / "bench" / "latency.png").is_file() else None
+    body = render_markdown(report, chart=chart, heading="##")
+    first, _, rest = body.partition("\n")
+    return ["## 5. Latency on this machine\n" + rest.replace("\n### Machine\n", "\n### Machine (fingerprint)\n")]
+
+
+def _headline(run: Path, metrics: Mapping[str, Any] | None, recipe: Mapping[str, Any]) -> list[str]:
+    manifests = sorted((run / "export").glob("*/export.json")) if (run / "export").is_dir() else []
+    exports = [d for d in (_load_json(m) for m in manifests) if d]
+    gates = ("all export gates PASSED" if exports and all(d.get("passed") for d in exports)
+             else "gate FAILED: " + ", ".join(d.get("target", "?") for d in exports if not d.get("passed")) if exports
+             else "nothing exported")
+    lines = [f"# {recipe.get('name', run.name)}: distill → export → bench\n",
+             f"Run directory `{run}`; written {time.strftime('%Y-%m-%d %H:%M')}.\n"]
+    bullets = [f"- **{gates}**"]
+    if metrics:
+        bullets.append(f"- student `{(recipe.get('student') or {}).get('model')}` on the {metrics.get('split', 'test')} split: "
+                       f"balanced accuracy {_pct(metrics.get('balanced_accuracy'))} %, rare-class recall "
+                       f"{_pct(metrics.get('rare_recall'))} %")
+    bj = _load_json(run / "bench" / "bench.json")
+    if bj:
+        from fopro_edge.bench.results import BenchReport
+
+        rep = BenchReport.from_dict(bj)
+        threads = rep.config.thread_counts[0]
+        best = rep.best(batch_size=1, threads=threads)
+        if best is not None and best.latency is not None:
+            sp = rep.speedups(best)
+            vs = ", ".join(f"{v:.1f}x faster than the PyTorch eager {k[3:]}" for k, v in sp.items() if v)
+            bullets.append(f"- fastest artifact at batch 1, {threads} threads: `{best.target.name}` "
+                           f"({best.precision_used}, gate {best.target.gate or '–'}) p50 {best.latency.p50_ms:.2f} ms"
+                           + (f", {vs}" if vs else ""))
+    return lines + ["\n".join(bullets) + "\n"]
+
+
+def write_run_report(run_dir: str | Path, *, timings: Mapping[str, float] | None = None,
+                     skipped: Sequence[SkippedTarget] = ()) -> Path:
+    """Render ``RUN_DIR/report.md`` (and ``longtail.png``) from what the run directory holds."""
+    import yaml
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"--run: {run} is not a directory")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) if (run / "recipe.yaml").is_file() else {}
+    metrics = _load_json(run / "metrics" / "metrics.json")
+    longtail = _load_json(run / "longtail.json")
+    parts = [
+        *_headline(run, metrics, recipe or {}),
+        *_data_section(run, longtail, recipe or {}),
+        *_method_section(recipe or {}, metrics),
+        *_results_section(run, metrics),
+        *_export_section(run, skipped),
+        *_bench_section(run),
+    ]
+    if timings:
+        parts.append("## Wall time of the steps\n\n" + "".join(f"- {k.removesuffix('_s').replace('_', ' ')}: {v:.0f} s\n"
+                                                              for k, v in timings.items()))
+    path = run / "report.md"
+    atomic_write_text(path, "\n".join(p for p in parts if p))
+    log.info("run report: %s", path)
+    return path

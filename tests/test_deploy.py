@@ -1,0 +1,339 @@
+"""Export layer, unit level: profiles, the gate, the no-FFT assertion, calibration sets, TensorRT
+QDQ rules, the trtexec command and the repair plan. No trained model needed."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fopro_edge.deploy import profiles as P
+from fopro_edge.deploy.gate import evaluate_gate, rare_class_score
+from fopro_edge.deploy.repair import plan_repairs
+from fopro_edge.errors import ConfigError
+
+NAMES = ["head", "mid", "rare-a", "rare-b"]
+RARE = ["rare-a", "rare-b"]
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_runtime(request):
+    """Tests marked ``onnx`` / ``openvino`` skip cleanly when that runtime is not installed."""
+    needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "nncf", "onnx", "onnxruntime")}
+    for marker, modules in needs.items():
+        if request.node.get_closest_marker(marker):
+            for module in modules:
+                pytest.importorskip(module)
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+@pytest.mark.parametrize("target", P.TARGETS, ids=lambda t: t.replace("tensorrt", "trt"))  # "tensorrt" as an id would skip it (conftest)
+def test_every_shipped_profile_loads_and_documents_the_defaults(target, repo):
+    path = repo / "export" / f"{target}.yaml"
+    assert path.is_file(), f"missing profile {path}"
+    text = path.read_text()
+    assert text.lstrip().startswith("#"), "a profile starts with a comment saying what it is for"
+    profile = P.load_profile(target, profile_file=path)
+    assert profile == P.PROFILE_TYPES[target](), "export/<target>.yaml must state exactly the built-in defaults"
+    assert profile.opset >= 17
+
+
+def test_profile_errors_name_file_key_and_fix(tmp_path):
+    bad = tmp_path / "ov.yaml"
+    bad.write_text("nncf:\n  presett: mixed\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: nncf.presett: unknown key \(did you mean 'preset'\?\)$"):
+        P.load_profile("openvino", profile_file=bad)
+    with pytest.raises(ConfigError, match=r"^r.yaml: export.openvin: unknown target \(did you mean 'openvino'\?\)"):
+        P.load_profile("openvino", recipe_export={"openvin": {}}, recipe_source="r.yaml")
+    with pytest.raises(ConfigError, match=r"^r.yaml: export.onnxruntime.check.max_rare_recall_drop: 2.0 is out of range"):
+        P.load_profile("onnxruntime", recipe_export={"onnxruntime": {"check": {"max_rare_recall_drop": 2}}},
+                       recipe_source="r.yaml")
+    with pytest.raises(ConfigError, match=r"^command line: precision: 'fp16' is not allowed"):
+        P.load_profile("onnxruntime", overrides={"precision": "fp16"})
+    with pytest.raises(ConfigError, match=r"repair.float_layers: layer counts must be >= 1"):
+        P.load_profile("onnxruntime", overrides=P.overrides_to_dict(["repair.float_layers=[0, 2]"]))
+    with pytest.raises(ConfigError, match=r"--target: unknown target 'onnxrt'"):
+        P.check_target("onnxrt")
+
+
+def test_profile_layers_merge_in_order(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("calibration: {size: 100, method: entropy}\ncheck: {max_rare_right_to_wrong: 3}\n")
+    p = P.load_profile(
+        "onnxruntime",
+        profile_file=f,
+        recipe_export={"onnxruntime": {"calibration": {"size": 50}}, "openvino": {"precision": "fp16"}},
+        overrides=P.overrides_to_dict(["check.max_rare_right_to_wrong=0", "quantization.activation_type=s8"]),
+    )
+    assert p.calibration.size == 50 and p.calibration.method == "entropy"  # recipe over file, file kept the rest
+    assert p.check.max_rare_right_to_wrong == 0  # command line over file
+    assert p.quantization.activation_type == "s8"
+    assert p.check.max_balanced_accuracy_drop == P.GateConfig().max_balanced_accuracy_drop  # default kept
+
+
+# --------------------------------------------------------------------------- gate
+
+
+def _logits(preds, k=4):
+    out = np.zeros((len(preds), k), np.float32)
+    out[np.arange(len(preds)), preds] = 5.0
+    return out
+
+
+def test_gate_counts_flips_per_class_and_separately_for_rare():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 3, 3])
+    ref = np.array([0, 0, 1, 1, 1, 2, 2, 3, 0])  # one head mistake, one rare-b mistake
+    new = np.array([0, 1, 0, 1, 1, 2, 0, 3, 3])  # head r->w and w->r, rare-a r->w, rare-b w->r
+    r = evaluate_gate(labels, _logits(ref), _logits(new), NAMES, RARE, P.GateConfig(max_rare_right_to_wrong=0))
+    assert (r.flips.total, r.flips.right_to_wrong, r.flips.wrong_to_right) == (4, 2, 2)
+    assert (r.flips.rare_total, r.flips.rare_right_to_wrong, r.flips.rare_wrong_to_right) == (2, 1, 1)
+    rows = {c.name: c for c in r.classes}
+    assert rows["rare-a"].right_to_wrong == 1 and rows["rare-a"].recall == 0.5 and rows["rare-a"].delta == -0.5
+    assert rows["rare-b"].wrong_to_right == 1 and rows["rare-b"].recall == 1.0
+    assert rows["head"].reference_recall == pytest.approx(2 / 3) and rows["head"].rare is False
+    assert not r.passed and r.failing_classes == ("rare-a",)
+    assert any("right -> wrong" in x for x in r.reasons) and any("'rare-a': recall 1.000 -> 0.500" in x for x in r.reasons)
+    md = r.to_markdown()
+    assert "| rare-a | yes | 2 | 100.0 | 50.0 | -50.0 | 1 | 0 | FAIL |" in md
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["status"] == "FAILED" and d["classes"][2]["delta"] == -0.5
+
+
+def test_gate_passes_identical_predictions_and_checks_fp32_parity():
+    labels = np.array([0, 1, 2, 3])
+    ref = _logits(labels)
+    ok = evaluate_gate(labels, ref, ref + 1e-4, NAMES, RARE, P.GateConfig(), check_parity=True)
+    assert ok.passed and ok.parity.max_abs_logit_diff == pytest.approx(1e-4, rel=1e-2)
+    drift = evaluate_gate(labels, ref, ref + 0.5, NAMES, RARE, P.GateConfig(), check_parity=True)
+    assert not drift.passed and "max |logit diff|" in drift.reasons[0] and drift.failing_classes == ()
+    assert evaluate_gate(labels, ref, ref + 0.5, NAMES, RARE, P.GateConfig()).passed  # parity off for int8 steps
+
+
+def test_gate_balanced_accuracy_drop_names_the_classes_that_fell():
+    labels = np.repeat(np.arange(4), 10)
+    new = labels.copy()
+    new[:3] = 1  # three head images lost
+    r = evaluate_gate(labels, _logits(labels), _logits(new), NAMES, RARE,
+                      P.GateConfig(max_balanced_accuracy_drop=0.05))
+    assert not r.passed and r.failing_classes == ("head",)
+    assert r.balanced_accuracy_drop == pytest.approx(0.075)
+
+
+def test_gate_class_without_images_is_unchecked_not_failed():
+    labels = np.array([0, 1, 2, 2])
+    r = evaluate_gate(labels, _logits(labels), _logits(labels), NAMES, RARE, P.GateConfig())
+    assert r.passed and r.unchecked_classes == ("rare-b",)
+    assert r.classes[3].recall is None and "not checked" in r.to_markdown()
+
+
+def test_rare_class_score_is_mean_rare_recall():
+    labels = np.array([0, 2, 2, 3])
+    assert rare_class_score(labels, np.array([0, 2, 0, 3]), 4, [2, 3]) == pytest.approx(0.75)
+    assert rare_class_score(labels, np.array([0, 2, 0, 3]), 4, []) == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+# --------------------------------------------------------------------------- no FFT ops
+
+
+def _model_with(op_type: str, domain: str = "", in_function: bool = False):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    opsets = [helper.make_opsetid("", 20)]
+    functions = []
+    if in_function:
+        fn = helper.make_function("custom", "Spectral", ["a"], ["b"], [helper.make_node("DFT", ["a"], ["b"])], opsets)
+        functions.append(fn)
+        node = helper.make_node("Spectral", ["x"], ["y"], domain="custom")
+        opsets.append(helper.make_opsetid("custom", 1))
+    else:
+        node = helper.make_node(op_type, ["x"], ["y"], name="spectral", domain=domain)
+        if domain:
+            opsets.append(helper.make_opsetid(domain, 1))
+    graph = helper.make_graph([node], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=opsets, functions=functions)
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("op,domain", [("DFT", ""), ("STFT", ""), ("Rfft", "com.microsoft"), ("MyFFTv2", "custom")])
+def test_no_fft_assertion_rejects_spectral_ops(op, domain, tmp_path):
+    from fopro_edge.deploy.onnx_backend import ForbiddenOpError, assert_no_fft, find_fft_ops
+
+    model = _model_with(op, domain)
+    assert find_fft_ops(model)
+    path = tmp_path / "user.onnx"
+    import onnx
+
+    onnx.save(model, str(path))
+    with pytest.raises(ForbiddenOpError, match=rf"{path}: 1 FFT-like op\(s\) in the graph: .*{op}"):
+        assert_no_fft(path)  # user-supplied files too
+    with pytest.raises(ConfigError):  # exit code 2 family
+        assert_no_fft(model)
+
+
+@pytest.mark.onnx
+def test_no_fft_assertion_looks_inside_functions_and_passes_plain_graphs():
+    from fopro_edge.deploy.onnx_backend import assert_no_fft, find_fft_ops
+
+    assert any("function custom:Spectral" in f for f in find_fft_ops(_model_with("", in_function=True)))
+    assert_no_fft(_model_with("Relu"))
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibration_is_stratified_with_every_rare_class_and_round_trips(tmp_path):
+    from fopro_edge.deploy.calibration import load_calibration, save_calibration, select_calibration
+
+    labels = np.array([0] * 200 + [1] * 60 + [2] * 5 + [3] * 2)
+    cal = select_calibration(labels, NAMES, RARE, size=20, seed=0)
+    assert len(cal) == 20 and cal.rare_missing == ()
+    assert cal.class_counts["rare-a"] >= 1 and cal.class_counts["rare-b"] >= 1
+    assert cal.class_counts["head"] < 200 * 20 / len(labels) + 5  # not proportional: the head is capped
+    assert select_calibration(labels, NAMES, RARE, size=20, seed=0).indices == cal.indices  # deterministic
+    path = tmp_path / "calibration.json"
+    save_calibration(path, cal)
+    again = load_calibration(path, labels, NAMES, RARE, "calibration.indices_file")
+    assert again.indices == cal.indices and again.source.startswith("file:")
+    with pytest.raises(ConfigError, match="made for a train split of 267 images, this one has 10"):
+        load_calibration(path, labels[:10], NAMES, RARE, "calibration.indices_file")
+
+
+def test_a_head_only_calibration_file_is_accepted_but_recorded(tmp_path, caplog):
+    from fopro_edge.deploy.calibration import load_calibration
+
+    labels = np.array([0] * 30 + [2] * 3 + [3] * 3)
+    path = tmp_path / "head.json"
+    path.write_text(json.dumps({"indices": list(range(10))}))
+    cal = load_calibration(path, labels, NAMES, RARE, "calibration.indices_file")
+    assert cal.rare_missing == ("rare-a", "rare-b")
+    assert "holds no image of rare class(es): rare-a, rare-b" in caplog.text
+
+
+def test_ort_reader_drops_partial_batch_only_for_fixed_batch():
+    pytest.importorskip("onnxruntime")
+    from fopro_edge.deploy.calibration import ort_reader
+
+    images = np.zeros((5, 3, 4, 4), np.float32)
+    assert [b["input"].shape[0] for b in iter(ort_reader(images, "input", 2).get_next, None)] == [2, 2, 1]
+    assert [b["input"].shape[0] for b in iter(ort_reader(images, "input", 2, fixed_batch=True).get_next, None)] == [2, 2]
+
+
+def test_runner_chunks_pad_to_a_fixed_batch():
+    from fopro_edge.deploy.runners import iter_chunks
+
+    images = np.ones((5, 3, 2, 2), np.float32)
+    chunks = list(iter_chunks(images, 4))
+    assert [c.shape[0] for c, _ in chunks] == [4, 4] and [n for _, n in chunks] == [4, 1]
+    assert [c.shape[0] for c, _ in iter_chunks(images, None, default=2)] == [2, 2, 1]
+
+
+# --------------------------------------------------------------------------- TensorRT rules and command
+
+
+@pytest.fixture(scope="module")
+def tiny_float_onnx(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    d = tmp_path_factory.mktemp("tiny")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    path = d / "tiny.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(net, (torch.rand(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "b"}})
+    return path
+
+
+@pytest.mark.onnx
+def test_trt_qdq_rules_hold_for_the_symmetric_quantizer_and_catch_asymmetric(tiny_float_onnx, tmp_path):
+    from fopro_edge.deploy import onnxruntime_backend as ob
+
+    images = np.random.default_rng(0).random((8, 3, 8, 8), dtype=np.float32)
+    pre = ob.preprocess(tiny_float_onnx, tmp_path / "pre.onnx")
+    sym = ob.quantize_qdq(pre, tmp_path / "trt.onnx", images, ob.QuantSettings(
+        activation_type="s8", symmetric=True, op_types=("Conv", "Gemm", "MatMul")), target="tensorrt")
+    assert ob.check_trt_qdq(sym.path) == []
+    ob.assert_trt_qdq(sym.path)
+    asym = ob.quantize_qdq(pre, tmp_path / "cpu.onnx", images, ob.QuantSettings(activation_type="u8"))
+    problems = ob.check_trt_qdq(asym.path)
+    assert any("uint8" in p or "non-zero zero point" in p for p in problems)
+    assert any("INT32 bias" in p for p in problems)
+    with pytest.raises(ConfigError, match="not a TensorRT explicit-quantization graph"):
+        ob.assert_trt_qdq(asym.path)
+    assert ob.check_trt_qdq(tiny_float_onnx) == ["no QuantizeLinear/DequantizeLinear nodes: not an explicitly quantized graph"]
+
+
+@pytest.mark.onnx
+def test_trt_rules_catch_per_channel_weights_on_the_wrong_axis(tiny_float_onnx, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from fopro_edge.deploy import onnxruntime_backend as ob
+
+    images = np.random.default_rng(0).random((8, 3, 8, 8), dtype=np.float32)
+    pre = ob.preprocess(tiny_float_onnx, tmp_path / "pre.onnx")
+    art = ob.quantize_qdq(pre, tmp_path / "trt.onnx", images, ob.QuantSettings(
+        activation_type="s8", symmetric=True, op_types=("Conv",)))
+    model = onnx.load(str(art.path))
+    for node in model.graph.node:  # move the conv weight's per-channel axis to the input channels
+        if node.op_type == "DequantizeLinear" and any(a.name == "axis" for a in node.attribute):
+            next(a for a in node.attribute if a.name == "axis").i = 1
+    assert any("output-channel axis is 0" in p for p in ob.check_trt_qdq(model))
+    inits = {i.name: i for i in model.graph.initializer}
+    assert any(numpy_helper.to_array(i).dtype == np.int8 for i in inits.values())
+
+
+def test_trtexec_command_is_exact():
+    from fopro_edge.deploy.tensorrt_backend import EngineSpec, trtexec_command
+
+    fixed = EngineSpec("input", 224, False, 1, 8, 1024)
+    assert trtexec_command("onnx/model.onnx", "engine/model.fp16.engine", "fp16", fixed) == (
+        "trtexec --onnx=onnx/model.onnx --saveEngine=engine/model.fp16.engine --fp16 "
+        "--timingCacheFile=timing.cache --memPoolSize=workspace:1024M"
+    )
+    dyn = EngineSpec("input", 64, True, 4, 16, 512)
+    cmd = trtexec_command("q.onnx", "m.engine", "int8", dyn)
+    assert "--int8 --fp16" in cmd
+    assert "--minShapes=input:1x3x64x64 --optShapes=input:4x3x64x64 --maxShapes=input:16x3x64x64" in cmd
+    strong = trtexec_command("q.onnx", "m.engine", "int8", dyn, strongly_typed=True)
+    assert "--stronglyTyped" in strong and "--int8" not in strong
+
+
+def test_tensorrt_status_explains_why_not():
+    from fopro_edge.deploy.tensorrt_backend import tensorrt_status
+
+    ok, why = tensorrt_status()
+    assert ok or why
+
+
+# --------------------------------------------------------------------------- repair plan
+
+
+def test_repair_plan_is_bounded_and_ordered():
+    plans = plan_repairs(100, 1000, size_factor=2.0, methods=["percentile", "entropy", "minmax"], base_method="minmax",
+                         float_layers=[1, 3], accuracy_control=True, max_tries=10)
+    labels = [p.label for p in plans]
+    assert labels[0] == "larger rare-stratified calibration set (200 images)" and plans[0].calibration_size == 200
+    assert [p.method for p in plans[1:3]] == ["percentile", "entropy"]
+    assert [p.float_layers for p in plans[3:5]] == [1, 3] and plans[-1].accuracy_control
+    assert len(plan_repairs(100, 1000, size_factor=2.0, methods=["entropy"], base_method="minmax",
+                            float_layers=[1, 2, 3], max_tries=3)) == 2
+    # every train image is already in the set: no "larger set" try
+    small = plan_repairs(85, 85, size_factor=2.0, methods=[], base_method="minmax", float_layers=[1], max_tries=6)
+    assert [p.float_layers for p in small] == [1]
+
+
+def test_no_deploy_module_is_named_like_the_package_it_wraps():
+    deploy = Path(__file__).resolve().parents[1] / "fopro_edge" / "deploy"
+    names = {p.stem for p in deploy.glob("*.py")}
+    assert not names & {"onnx", "onnxruntime", "openvino", "tensorrt", "nncf"}

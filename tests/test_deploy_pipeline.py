@@ -1,0 +1,376 @@
+"""Export layer, end to end on a small trained student (MobileNetV3-small at 32 px on generated
+long-tailed images): every backend, the gate's files, planted regressions and their exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fopro_edge.cli import _register, cli
+
+_register()
+
+RECIPE = {
+    "name": "deploy-test",
+    "student": {"model": "mobilenetv3_small_050"},
+    "data": {
+        "source": "synthetic",
+        "image_size": 32,
+        "synthetic": {"num_classes": 5, "max_per_class": 40, "imbalance_ratio": 10.0, "eval_per_class": 10,
+                      "image_size": 32},
+        "groups": {"few_below": 10},
+    },
+}
+FAST = ["--threads", "1", "--set", "quantization.timing_runs=5", "--set", "quantization.timing_warmup=1"]
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_runtime(request):
+    """Tests marked ``onnx`` / ``openvino`` skip cleanly when that runtime is not installed."""
+    needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "nncf", "onnx", "onnxruntime")}
+    for marker, modules in needs.items():
+        if request.node.get_closest_marker(marker):
+            for module in modules:
+                pytest.importorskip(module)
+
+
+def _train_checkpoint(path: Path) -> None:
+    """80 class-balanced Adam steps on one thread (~6 s): 90+ % val accuracy, rare classes included."""
+    import torch
+
+    from fopro_edge.config import recipe_from_dict
+    from fopro_edge.data import build_splits, build_transform, compute_longtail_stats
+    from fopro_edge.distill.checkpoint import save_checkpoint
+    from fopro_edge.models.student import build_student
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        recipe = recipe_from_dict(RECIPE, check_paths=False)
+        splits = build_splits(recipe.data, recipe.seed)
+        stats = compute_longtail_stats(splits.train.labels, splits.class_names, recipe.data.groups)
+        tf = build_transform(32, "none", False)
+        x = torch.stack([tf(splits.train.load(i)) for i in range(len(splits.train))])
+        y = torch.as_tensor(splits.train.labels)
+        student = build_student(recipe.student, splits.num_classes)
+        opt = torch.optim.Adam(student.parameters(), 5e-3)
+        weight = (1.0 / torch.bincount(y).float())[y]
+        for _ in range(80):
+            idx = torch.multinomial(weight, 32, replacement=True)
+            loss = torch.nn.functional.cross_entropy(student(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        save_checkpoint(path, {
+            "student": student.eval().state_dict(), "recipe": recipe.to_dict(), "class_names": list(splits.class_names),
+            "rare_classes": list(stats.rare_classes), "image_size": 32, "epoch": 1, "metrics": {},
+        })
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("deploy") / "best.pt"
+    _train_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def info(checkpoint):
+    from fopro_edge.distill.checkpoint import load_student
+
+    return load_student(checkpoint)[1]
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(cli, ["-q", "export", *args], catch_exceptions=False)
+
+
+def _class_rows(md: str) -> int:
+    return sum(1 for line in md.splitlines() if line.startswith("| pattern-0"))
+
+
+def _classes_in(text: str, names) -> set[str]:
+    return {n for n in names if f"'{n}'" in text or f" {n}" in text}
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+@pytest.mark.onnx
+def test_onnx_step_bakes_normalisation_adds_metadata_and_matches_pytorch(checkpoint, info, tmp_path):
+    import onnx
+
+    from fopro_edge.deploy.onnx_backend import find_fft_ops, read_metadata
+    from fopro_edge.deploy.pipeline import export
+
+    r = export(checkpoint, "onnx", out_dir=tmp_path, overrides={"threads": 1})
+    assert r.passed and [s.name for s in r.steps] == ["onnx"]
+    step = r.steps[0]
+    model = onnx.load(str(step.artifact.path))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17 and not find_fft_ops(model)
+    inp = model.graph.input[0]
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert inp.name == "input" and dims == ["batch", 3, 32, 32]
+    assert model.graph.node[0].op_type in ("Sub", "Div")  # the normalisation is the first op of the graph
+    meta = read_metadata(step.artifact.path)
+    assert json.loads(meta["fopro_edge.class_names"]) == info.class_names
+    assert json.loads(meta["fopro_edge.rare_classes"]) == info.rare_classes == ["pattern-03", "pattern-04"]
+    assert json.loads(meta["fopro_edge.input_size"]) == [3, 32, 32]
+    assert meta["fopro_edge.source_checkpoint_sha256"] == info.sha256
+    g = step.gate
+    assert g.parity_checked and g.parity.max_abs_logit_diff < 1e-2 and g.flips.total == 0
+    assert g.num_images == 50 and g.split == "val"
+    check = json.loads((tmp_path / "onnx" / "check.json").read_text())
+    assert check["status"] == "PASSED" and len(check["gate"]["classes"]) == 5
+    md = (tmp_path / "onnx" / "check.md").read_text()
+    assert _class_rows(md) == 5 and not (tmp_path / "onnx" / "FAILED").exists()
+    assert (tmp_path / "report.md").is_file() and json.loads((tmp_path / "export.json").read_text())["passed"]
+
+
+@pytest.mark.onnx
+def test_run_dir_recipe_export_section_is_applied_and_validated(checkpoint, tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, run / "checkpoints" / "best.pt")
+    recipe = dict(RECIPE, export={"onnx": {"check": {"split": "test"}, "dynamic_batch": False, "batch_size": 4}})
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    res = _cli("--target", "onnx", "--run", str(run), "--threads", "1")
+    assert res.exit_code == 0, res.output
+    check = json.loads((run / "export" / "onnx" / "onnx" / "check.json").read_text())
+    assert check["gate"]["split"] == "test" and check["artifact"]["metadata"]["batch_size"] == 4
+    recipe["export"] = {"onnx": {"check": {"max_rare_flip": 0}}}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    bad = _cli("--target", "onnx", "--run", str(run))
+    assert bad.exit_code == 2
+    assert f"{run / 'recipe.yaml'}: export.onnx.check.max_rare_flip: unknown key (did you mean 'max_rare_" in bad.output
+
+
+@pytest.mark.onnx
+def test_eval_checks_a_file_against_the_student_and_refuses_fft_graphs(checkpoint, tmp_path):
+    from fopro_edge.deploy.pipeline import export
+
+    r = export(checkpoint, "onnx", out_dir=tmp_path, overrides={"threads": 1})
+    ok = CliRunner().invoke(cli, ["-q", "eval", "--checkpoint", str(checkpoint), "--artifact",
+                                  str(r.steps[0].artifact.path), "--split", "test", "--gate", "--json",
+                                  str(tmp_path / "eval.json")])
+    assert ok.exit_code == 0, ok.output
+    assert "# Check: model.onnx — PASSED" in ok.output and _class_rows(ok.output) == 5
+    assert json.loads((tmp_path / "eval.json").read_text())["split"] == "test"
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)
+    dft = helper.make_graph([helper.make_node("DFT", ["input"], ["logits"])], "g", [x], [y])
+    onnx.save(helper.make_model(dft, opset_imports=[helper.make_opsetid("", 20)]), str(tmp_path / "fft.onnx"))
+    bad = CliRunner().invoke(cli, ["-q", "eval", "--checkpoint", str(checkpoint), "--artifact", str(tmp_path / "fft.onnx")])
+    assert bad.exit_code == 2 and "FFT-like op(s) in the graph" in bad.output
+
+
+@pytest.mark.onnx
+def test_usage_errors_exit_2(checkpoint, tmp_path):
+    both = _cli("--target", "onnx", "--run", str(tmp_path), "--checkpoint", str(checkpoint))
+    assert both.exit_code == 2 and "give exactly one" in both.output
+    method = _cli("--target", "openvino", "--checkpoint", str(checkpoint), "--calibration-method", "entropy")
+    assert method.exit_code == 2 and "nncf.range_estimator" in method.output
+
+
+# --------------------------------------------------------------------------- ONNX Runtime INT8
+
+
+@pytest.mark.onnx
+def test_cli_onnxruntime_int8_writes_artifact_calibration_timings_and_per_class_report(checkpoint, info, tmp_path):
+    out = tmp_path / "ort"
+    res = _cli("--target", "onnxruntime", "--precision", "int8", "--checkpoint", str(checkpoint), "--out", str(out), *FAST)
+    assert res.exit_code in (0, 5), res.output
+    for col in ("step", "artifact", "size", "max|dlogit|", "bal.acc %", "rare recall %", "flips", "gate"):
+        assert col in res.output
+    assert "int8/model.onnx" in res.output and "MiB" in res.output and "parity max|dlogit|" in res.output
+    q = out / "int8" / "model.onnx"
+    assert q.is_file() and q.stat().st_size < (out / "onnx" / "model.onnx").stat().st_size / 2
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["count"] == 85 and all(cal["class_counts"][n] > 0 for n in info.rare_classes) and not cal["rare_missing"]
+    check = json.loads((out / "int8" / "check.json").read_text())
+    choice = check["extra"]["activation_choice"]
+    assert choice["chosen"] in ("u8", "s8") and {"u8", "s8", "fp32"} <= set(choice["timings"])
+    assert choice["timings"][choice["chosen"]]["median_ms"] <= min(choice["timings"][a]["median_ms"] for a in ("u8", "s8"))
+    assert check["extra"]["settings"]["activation_type"] == choice["chosen"] and check["extra"]["settings"]["per_channel"]
+    md = (out / "int8" / "check.md").read_text()
+    assert _class_rows(md) == 5 and "right→wrong" in md and "- artifact: `int8/model.onnx`" in md
+    assert (out / "int8" / "FAILED").exists() == (res.exit_code == 5) == (check["status"] == "FAILED")
+    report = (out / "report.md").read_text()
+    assert "activation format by timing" in report and "calibration: 85 train images" in report
+
+
+@pytest.mark.onnx
+def test_planted_regression_head_only_calibration_fails_the_gate_with_exit_5(checkpoint, info, tmp_path):
+    from fopro_edge.config import recipe_from_dict
+    from fopro_edge.data import build_splits
+
+    splits = build_splits(recipe_from_dict(RECIPE, check_paths=False).data, 0)
+    head = np.flatnonzero(splits.train.labels == 0).tolist()
+    (tmp_path / "head.json").write_text(json.dumps({"indices": head}))
+    out = tmp_path / "ort"
+    res = _cli("--target", "onnxruntime", "--precision", "int8", "--checkpoint", str(checkpoint), "--out", str(out),
+               "--calibration-file", str(tmp_path / "head.json"), "--no-repair", "--max-rare-flips", "0",
+               "--max-rare-recall-drop", "0", *FAST)
+    assert res.exit_code == 5, res.output
+    check = json.loads((out / "int8" / "check.json").read_text())
+    failing = check["gate"]["failing_classes"]
+    assert check["status"] == "FAILED" and failing and set(failing) <= set(info.rare_classes)
+    assert "rare-class gate FAILED at step 'int8'" in res.output
+    assert _classes_in(res.output.split("failing classes:")[1], info.class_names) >= set(failing)
+    assert (out / "int8" / "FAILED").is_file() and (out / "int8" / "model.onnx").is_file()  # kept, marked
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["rare_missing"] == info.rare_classes and cal["source"].startswith("file:")
+
+
+@pytest.mark.onnx
+def test_planted_regression_perturbed_weight_names_the_class(checkpoint, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    from fopro_edge.deploy import onnx_backend
+
+    real = onnx_backend.export_onnx
+
+    def sabotaged(*args, **kwargs):  # a broken exporter: the classifier bias of class 3 sinks
+        art = real(*args, **kwargs)
+        model = onnx.load(str(art.path))
+        gemm = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
+        init = next(i for i in model.graph.initializer if i.name == gemm.input[2])
+        bias = numpy_helper.to_array(init).copy()
+        bias[3] -= 1e4
+        init.CopyFrom(numpy_helper.from_array(bias, init.name))
+        onnx.save(model, str(art.path))
+        return art
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", sabotaged)
+    out = tmp_path / "ort"
+    res = _cli("--target", "onnxruntime", "--precision", "int8", "--checkpoint", str(checkpoint), "--out", str(out), *FAST)
+    assert res.exit_code == 5, res.output
+    assert "gate FAILED at step 'onnx'" in res.output and "failing classes: pattern-03;" in res.output
+    check = json.loads((out / "onnx" / "check.json").read_text())
+    assert check["gate"]["failing_classes"] == ["pattern-03"]
+    assert (out / "onnx" / "FAILED").is_file() and not (out / "int8").exists()  # the chain stops at the failed step
+
+
+@pytest.mark.onnx
+def test_repair_is_a_bounded_reported_sequence(checkpoint, tmp_path):
+    from fopro_edge.deploy.pipeline import export
+    from fopro_edge.errors import GateFailedError
+
+    strict = {"threads": 1, "quantization": {"activation_type": "u8"},
+              "check": {"max_flip_rate": 0.0, "max_balanced_accuracy_drop": 0.0, "max_rare_right_to_wrong": 0},
+              "repair": {"max_tries": 3, "methods": ["percentile"], "float_layers": [2]}}
+    r = export(checkpoint, "onnxruntime", "int8", out_dir=tmp_path, overrides=strict)
+    step = r.steps[-1]
+    if step.status == "PASSED":  # a try may legitimately reach zero flips; then the sequence stopped there
+        assert step.repair is None or step.repair.passed
+        return
+    labels = [a.label for a in step.repair.attempts]
+    assert labels[1:] == ["calibration method percentile", "2 most sensitive layer(s) kept in float"]
+    assert step.repair.budget == 3 and len(step.repair.attempts) == 3
+    assert step.extra["sensitivity_ranking"] and step.repair.attempts[2].settings["nodes_to_exclude"]
+    assert "## Repair" in (tmp_path / "int8" / "check.md").read_text()
+    row = r"\| 3 \| 2 most sensitive layer\(s\) kept in float \| (minmax|percentile) \| 2 \| 85 \| FAILED \|"
+    assert re.search(row, (tmp_path / "report.md").read_text())
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["FAILED", "check.json", "check.md", "model.onnx"]
+    with pytest.raises(GateFailedError) as e:
+        r.raise_for_gate()
+    assert e.value.exit_code == 5
+
+
+# --------------------------------------------------------------------------- OpenVINO
+
+
+@pytest.mark.openvino
+def test_openvino_int8_records_subset_size_precision_and_shares_calibration(checkpoint, info, tmp_path):
+    from fopro_edge.deploy.openvino_backend import read_rt_info
+    from fopro_edge.deploy.pipeline import export
+
+    r = export(checkpoint, "openvino", "int8", out_dir=tmp_path / "ov",
+               overrides={"threads": 1, "repair": {"max_tries": 2, "range_estimators": []}})
+    step = r.steps[-1]
+    assert step.name == "ir-int8" and step.artifact.path.name == "model.xml"
+    assert (tmp_path / "ov" / "ir-int8" / "model.bin").is_file()
+    assert step.gate.runtime_info["inference_precision"] == "f32"  # the profile's hint, read back from OpenVINO
+    assert "inference precision used for the check: f32" in (tmp_path / "ov" / "ir-int8" / "check.md").read_text()
+    nncf_q = read_rt_info(step.artifact.path, ("nncf", "quantization"))
+    assert nncf_q["subset_size"] == "85" == str(step.extra["nncf_subset_size"])
+    assert read_rt_info(step.artifact.path)["class_names"] == json.dumps(info.class_names)
+    assert len(step.repair.attempts) <= 2 if step.repair else step.status == "PASSED"
+    ort = export(checkpoint, "onnxruntime", "int8", out_dir=tmp_path / "ort",
+                 overrides={"threads": 1, "quantization": {"activation_type": "u8"}, "repair": {"enabled": False}})
+    same = [json.loads((tmp_path / d / "calibration.json").read_text())["indices"] for d in ("ov", "ort")]
+    assert same[0] == same[1] and ort.calibration.indices == r.calibration.indices
+
+
+@pytest.mark.openvino
+def test_openvino_auto_precision_is_reported_as_used(checkpoint, tmp_path):
+    from fopro_edge.deploy.pipeline import export
+    from fopro_edge.deploy.runners import OpenVINORunner
+
+    r = export(checkpoint, "openvino", "fp32", out_dir=tmp_path, overrides={"threads": 1, "inference_precision": "auto"})
+    step = r.steps[-1]
+    with OpenVINORunner(step.artifact.path, inference_precision="auto", threads=1) as runner:
+        picked = runner.info["inference_precision"]
+    assert step.gate.runtime_info["inference_precision"] == picked  # bf16 on CPUs with bf16 units
+    assert step.gate.runtime_info["inference_precision_requested"] == "auto"
+    assert step.gate.parity_checked == (picked == "f32")
+    fp16 = export(checkpoint, "openvino", "fp16", out_dir=tmp_path / "fp16", overrides={"threads": 1})
+    assert fp16.steps[-1].artifact.size_bytes < step.artifact.size_bytes * 0.7  # fp16-compressed weights
+
+
+# --------------------------------------------------------------------------- TensorRT
+
+
+@pytest.mark.onnx
+def test_tensorrt_without_gpu_writes_the_portable_part_and_says_so(checkpoint, tmp_path):
+    from fopro_edge.deploy.onnxruntime_backend import check_trt_qdq
+    from fopro_edge.deploy.tensorrt_backend import tensorrt_status
+
+    if tensorrt_status()[0]:
+        pytest.skip("TensorRT and a GPU are present: the engine test covers this machine")
+    out = tmp_path / "trt"
+    res = _cli("--target", "tensorrt", "--precision", "int8", "--checkpoint", str(checkpoint), "--out", str(out),
+               "--threads", "1")
+    assert res.exit_code == 0, res.output
+    assert "engine" in res.output and "NOT RUN" in res.output and "TensorRT engine NOT built" in res.output
+    script = (out / "build_engine.sh").read_text()
+    assert ("trtexec --onnx=int8-qdq/model.onnx --saveEngine=engine/model.int8.engine --int8 --fp16 "
+            "--timingCacheFile=timing.cache --memPoolSize=workspace:1024M") in script
+    assert check_trt_qdq(out / "int8-qdq" / "model.onnx") == []
+    qdq = json.loads((out / "int8-qdq" / "check.json").read_text())
+    assert qdq["status"] == "PASSED" and qdq["gate"]["runtime"] == "onnxruntime"
+    assert (out / "engine" / "NOT_BUILT.txt").is_file()
+    report = (out / "report.md").read_text()
+    assert "NOT_RUN" in report and "Build it on the target GPU" in report
+    forced = _cli("--target", "tensorrt", "--checkpoint", str(checkpoint), "--out", str(out), "--build-engine")
+    assert forced.exit_code == 3 and "--build-engine: cannot build a TensorRT engine on this machine" in forced.output
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_engine_is_built_and_checked_on_the_gpu(checkpoint, tmp_path, precision):
+    from fopro_edge.deploy.pipeline import export
+
+    r = export(checkpoint, "tensorrt", precision, out_dir=tmp_path, overrides={"build_engine": True})
+    engine = r.steps[-1]
+    assert engine.name == "engine" and engine.artifact is not None and engine.gate is not None
+    meta = json.loads(engine.artifact.path.with_suffix(".json").read_text())
+    assert meta["tensorrt"] and meta["gpu"] and (tmp_path / "engine" / "timing.cache").is_file()
+    assert engine.gate.runtime == "tensorrt"
