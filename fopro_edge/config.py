@@ -122,7 +122,7 @@ class ExploreConfig:
     """Stage 1: FPG + linear probe on the frozen teacher."""
 
     epochs: int = field(default=2, metadata=_range(0))
-    lr: float = field(default=3e-3, metadata=_range(0.0, 10.0, lo_open=True))
+    lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
     probe_lr: float = field(default=1e-2, metadata=_range(0.0, 10.0, lo_open=True))
     gain_l2: float = field(default=0.01, metadata=_range(0.0))
 
