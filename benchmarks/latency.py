@@ -30,7 +30,7 @@ log = logging.getLogger("latency")
 SUITE_KEYS = {"name", "image_size", "num_classes", "batch_sizes", "threads", "warmup", "iters", "seconds",
               "max_interference", "retries", "retry_wait_s", "calibration_images", "students", "teacher", "backends",
               "compile"}
-BACKEND_KEYS = {"label", "backend", "precision", "activation_type", "inference_precision"}
+BACKEND_KEYS = {"label", "backend", "precision", "activation_type", "inference_precision", "static_batch"}
 
 
 def load_suite(path: Path) -> dict[str, Any]:
@@ -65,35 +65,46 @@ def export_model(model_name: str, num_classes: int, size: int, backends: list[di
 
     d = work / model_name
     d.mkdir(parents=True, exist_ok=True)
-    onnx_path = d / "model.onnx"
-    if not onnx_path.is_file():
-        info = StudentInfo(model=model_name, class_names=[f"c{i}" for i in range(num_classes)], rare_classes=[],
-                           image_size=size, checkpoint="random-init", sha256="random-init-seed0")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            export_onnx(random_init_student(model_name, num_classes, seed=0), info, onnx_path)
-    meta = read_metadata(onnx_path)
+
+    def onnx_file(static: bool) -> Path:
+        """The fp32 ONNX model: dynamic batch (the export default) or batch fixed at 1
+        (export profile ``dynamic_batch: false``)."""
+        path = d / ("model.b1.onnx" if static else "model.onnx")
+        if not path.is_file():
+            info = StudentInfo(model=model_name, class_names=[f"c{i}" for i in range(num_classes)], rare_classes=[],
+                               image_size=size, checkpoint="random-init", sha256="random-init-seed0")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export_onnx(random_init_student(model_name, num_classes, seed=0), info, path, dynamic_batch=not static,
+                            batch_size=1)
+        return path
+
     out: dict[str, Path] = {}
     for b in backends:
-        kind, prec = b["backend"], b.get("precision", "fp32")
+        kind, prec, static = b["backend"], b.get("precision", "fp32"), bool(b.get("static_batch"))
+        if kind == "pytorch":
+            continue
+        src = onnx_file(static)
+        tag = "-b1" if static else ""
+        meta = read_metadata(src)
         if kind == "onnxruntime" and prec == "fp32":
-            out[b["label"]] = onnx_path
+            out[b["label"]] = src
         elif kind == "onnxruntime":
             act = b.get("activation_type", "u8")
-            path = d / f"ort-int8-{act}.onnx"
+            path = d / f"ort-int8-{act}{tag}.onnx"
             if not path.is_file():
-                pre = d / "model.pre.onnx"
-                ob.preprocess(onnx_path, pre)
-                ob.quantize_qdq(pre, path, images, ob.QuantSettings(activation_type=act), batch_size=8,
-                                metadata_source=onnx_path)
+                pre = d / f"model{tag}.pre.onnx"
+                ob.preprocess(src, pre)
+                ob.quantize_qdq(pre, path, images, ob.QuantSettings(activation_type=act), batch_size=1 if static else 8,
+                                fixed_batch=static, metadata_source=src)
             out[b["label"]] = path
         elif kind == "openvino":
-            path = d / f"ir-{prec}" / "model.xml"
+            path = d / f"ir-{prec}{tag}" / "model.xml"
             if not path.is_file():
                 if prec == "int8":
-                    vb.quantize_ir(onnx_path, path, images, vb.NNCFSettings(), metadata=meta)
+                    vb.quantize_ir(src, path, images, vb.NNCFSettings(), metadata=meta)
                 else:
-                    vb.convert_ir(onnx_path, path, precision=prec, metadata=meta)
+                    vb.convert_ir(src, path, precision=prec, metadata=meta)
             out[b["label"]] = path
     return out
 

@@ -77,7 +77,10 @@ def summarise(samples: list[dict], skip: int, max_slope: float) -> dict:
     epochs = np.array([s["epoch"] for s in samples], dtype=float)
     tail = slice(skip, None)
     slope = float(np.polyfit(epochs[tail], rss[tail], 1)[0]) if len(rss[tail]) >= 2 else None
+    third = max(1, len(rss) // 3)
     return {
+        "rss_min_max_first_third_mib": [float(rss[:third].min()), float(rss[:third].max())],
+        "rss_min_max_last_third_mib": [float(rss[-third:].min()), float(rss[-third:].max())],
         "fit_from_epoch": int(epochs[skip]) if len(epochs) > skip else None,
         "slope_mib_per_epoch": None if slope is None else round(slope, 3),
         "max_slope_mib_per_epoch": max_slope,
@@ -88,6 +91,17 @@ def summarise(samples: list[dict], skip: int, max_slope: float) -> dict:
     }
 
 
+def resummarise(path: Path, skip: int, max_slope: float) -> None:
+    """Recompute the summary of a saved result (after a change to :func:`summarise`)."""
+    import json
+
+    from fopro_edge.io import atomic_write_json
+
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["summary"] = summarise(report["samples"], skip, max_slope)
+    atomic_write_json(path, report)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=12)
@@ -95,7 +109,10 @@ def main() -> None:
     p.add_argument("--max-slope-mib", type=float, default=1.0, help="flat: |slope| below this many MiB per epoch")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe overrides")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory_soak.json")
+    p.add_argument("--resummarise", action="store_true", help="only recompute the summary of --out")
     args = p.parse_args()
+    if args.resummarise:
+        return resummarise(args.out, args.skip, args.max_slope_mib)
     overrides = ["runtime.device=cpu", "runtime.threads=2", *args.overrides]
 
     from fopro_edge.envinfo import collect_env

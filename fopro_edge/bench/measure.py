@@ -58,7 +58,8 @@ def measure_one(target: Target, batch_size: int, threads: int, config: BenchConf
             for i in range(config.warmup):
                 runner.infer(inputs[(i + 1) % len(inputs)])
             before = cpuload.sample()
-            loop = time_runner(runner, inputs, warmup=0, iters=config.iters, seconds=config.seconds)
+            loop = time_runner(runner, inputs, warmup=0, iters=config.iters, seconds=config.seconds,
+                               runtime_latency=_runtime_latency(runner))
             after = cpuload.sample()
         except Exception as e:  # noqa: BLE001
             log.debug("running %s failed", target.name, exc_info=True)
@@ -72,6 +73,7 @@ def measure_one(target: Target, batch_size: int, threads: int, config: BenchConf
         image_size=size,
         latency=summarize(loop.durations_ns, batch_size),
         gpu_latency=summarize([int(v * 1e6) for v in loop.gpu_ms], batch_size) if loop.gpu_ms else None,
+        runtime_latency=summarize([int(v * 1e6) for v in loop.runtime_ms], batch_size) if loop.runtime_ms else None,
         load_ms=load_ms,
         first_inference_ms=first_ns / 1e6,
         baseline_rss_bytes=baseline_rss,
@@ -89,3 +91,11 @@ def _module_bytes(model: Any) -> int | None:
         return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     except Exception:  # noqa: BLE001 - a compiled or exotic module
         return None
+
+
+def _runtime_latency(runner: Any):
+    """OpenVINO's own latency of the last call (``InferRequest.latency``, ms), if the runner has one."""
+    request = getattr(runner, "request", None)
+    if request is None or not hasattr(request, "latency"):
+        return None
+    return lambda: request.latency

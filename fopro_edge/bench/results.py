@@ -71,6 +71,7 @@ class Measurement:
     image_size: int | None = None
     latency: LatencyStats | None = None
     gpu_latency: LatencyStats | None = None  # CUDA events on the runner's stream (TensorRT)
+    runtime_latency: LatencyStats | None = None  # the runtime's own figure per call (OpenVINO), no Python binding
     load_ms: float | None = None  # runner construction: read + compile
     first_inference_ms: float | None = None
     baseline_rss_bytes: int | None = None  # before the model was loaded
@@ -109,6 +110,7 @@ class Measurement:
             "image_size": self.image_size,
             "latency": self.latency.to_dict() if self.latency else None,
             "gpu_latency": self.gpu_latency.to_dict() if self.gpu_latency else None,
+            "runtime_latency": self.runtime_latency.to_dict() if self.runtime_latency else None,
             "load_ms": self.load_ms,
             "first_inference_ms": self.first_inference_ms,
             "baseline_rss_bytes": self.baseline_rss_bytes,
@@ -133,6 +135,7 @@ class Measurement:
             image_size=d.get("image_size"),
             latency=LatencyStats(**d["latency"]) if d.get("latency") else None,
             gpu_latency=LatencyStats(**d["gpu_latency"]) if d.get("gpu_latency") else None,
+            runtime_latency=LatencyStats(**d["runtime_latency"]) if d.get("runtime_latency") else None,
             load_ms=d.get("load_ms"),
             first_inference_ms=d.get("first_inference_ms"),
             baseline_rss_bytes=d.get("baseline_rss_bytes"),

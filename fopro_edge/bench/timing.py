@@ -32,6 +32,7 @@ class LoopTiming:
     durations_ns: tuple[int, ...]
     warmup: int
     gpu_ms: tuple[float, ...] | None = None
+    runtime_ms: tuple[float, ...] | None = None  # the runtime's own per-call figure (OpenVINO)
 
 
 class _CudaEvents:
@@ -78,9 +79,14 @@ def time_runner(
     min_iters: int = 10,
     sync: Callable[[], None] | None = None,
     cuda_events: bool = True,
+    runtime_latency: Callable[[], float] | None = None,
 ) -> LoopTiming:
     """Warm up with ``warmup`` calls, then time ``iters`` calls, or calls until ``seconds`` of
-    timed work have passed (at least ``min_iters``). Inputs are cycled in order."""
+    timed work have passed (at least ``min_iters``). Inputs are cycled in order.
+
+    ``runtime_latency``: read after each call (outside the timed region), the runtime's own
+    latency of that call in ms (e.g. OpenVINO's ``InferRequest.latency``, what ``benchmark_app``
+    reports), to show how much of the wall-clock time is the Python binding."""
     if (iters is None) == (seconds is None):
         raise ValueError("give exactly one of iters or seconds")
     if iters is not None and iters < 1:
@@ -101,6 +107,7 @@ def time_runner(
         call(i)
     events = _CudaEvents(runner) if cuda_events else None
     durations: list[int] = []
+    runtime: list[float] = []
     budget_ns = None if seconds is None else int(seconds * 1e9)
     limit = iters if iters is not None else MAX_ITERS
     spent = 0
@@ -116,8 +123,10 @@ def time_runner(
             sync()
         dt = perf() - t0
         durations.append(dt)
+        if runtime_latency is not None:
+            runtime.append(float(runtime_latency()))
         spent += dt
         if budget_ns is not None and spent >= budget_ns and len(durations) >= min_iters:
             break
     gpu = events.durations_ms() if events is not None else None
-    return LoopTiming(tuple(durations), warmup, gpu)
+    return LoopTiming(tuple(durations), warmup, gpu, tuple(runtime) if runtime else None)

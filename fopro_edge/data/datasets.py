@@ -39,22 +39,33 @@ class CheckedDataLoader(DataLoader):
 
     def __iter__(self):
         it = super().__iter__()
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            except FoproEdgeError as e:
-                raise type(e)(worker_message(e)) from None
-            except RuntimeError as e:
-                if "DataLoader worker" not in str(e) or "Original Traceback" in str(e):
-                    raise  # not a dead worker: a bug inside one keeps its traceback
-                first = str(e).strip().splitlines()[0]
-                raise DataError(
-                    f"data.num_workers: a data loader worker failed ({first}); "
-                    "set data.num_workers: 0 to see the failing image, or lower data.batch_size if memory is short"
-                ) from None
-            yield batch
+        try:
+            while True:
+                error: FoproEdgeError | None = None
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except FoproEdgeError as e:
+                    error = type(e)(worker_message(e))
+                except RuntimeError as e:
+                    if "DataLoader worker" not in str(e) or "Original Traceback" in str(e):
+                        raise  # not a dead worker: a bug inside one keeps its traceback
+                    first = str(e).strip().splitlines()[0]
+                    error = DataError(
+                        f"data.num_workers: a data loader worker failed ({first}); "
+                        "set data.num_workers: 0 to see the failing image, or lower data.batch_size if memory is short"
+                    )
+                if error is not None:
+                    raise error  # outside the except block: no chained worker traceback
+                yield batch
+        finally:
+            # Stop the workers now (error, or the consumer stopped early): left to garbage collection,
+            # the iterator sits in a reference cycle and its late shutdown waits out a join timeout
+            # per worker (seconds). A second call after a normal end is a no-op.
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 def worker_message(e: BaseException) -> str:
