@@ -203,8 +203,15 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), *, check
     Relative paths in the recipe are resolved against the recipe's folder.
     """
     path = Path(path)
+    raw = read_yaml_mapping(path, "recipe")
+    return recipe_from_dict(raw, overrides, source=str(path), base_dir=path.parent, check_paths=check_paths)
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """Plain data from a YAML file that must hold a mapping; duplicate keys and Python tags refused."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found (check the path)")
+        raise ConfigError(f"{path}: {what} file not found (check the path)")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
@@ -213,8 +220,9 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), *, check
         raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys, not a {type(raw).__name__}")
-    return recipe_from_dict(raw, overrides, source=str(path), base_dir=path.parent, check_paths=check_paths)
+        article = "an" if what[0] in "aeiou" else "a"
+        raise ConfigError(f"{path}: {article} {what} must be a mapping of keys, not a {type(raw).__name__}")
+    return raw
 
 
 class _StrictSafeLoader(yaml.SafeLoader):

@@ -110,10 +110,10 @@ EXPORT_CASES = [
     Case("export/unknown-target", "export", "unknown target", ("export", "--target", "tensorflow", "--run", R),
          "'tensorflow' is not one of", "--target"),
     Case("export/onnx-fp16", "export", "precision the target does not support (onnx: fp32 only)",
-         ("export", "--target", "onnx", "--run", R, "--precision", "fp16"), "precision: 'fp16' is not allowed", "precision"),
+         ("export", "--target", "onnx", "--run", R, "--precision", "fp16"), "--precision: 'fp16' is not available for --target onnx", "--precision"),
     Case("export/onnxruntime-fp16", "export", "precision the target does not support (onnxruntime: fp32, int8)",
          ("export", "--target", "onnxruntime", "--run", R, "--precision", "fp16"),
-         "precision: 'fp16' is not allowed (choose one of: fp32, int8)", "precision"),
+         "--precision: 'fp16' is not available for --target onnxruntime (choose one of: fp32, int8)", "precision"),
     Case("export/unknown-precision", "export", "unknown precision", ("export", "--target", "onnx", "--run", R, "--precision", "int4"),
          "'int4' is not one of", "--precision"),
     Case("export/no-source", "export", "neither --run nor --checkpoint", ("export", "--target", "onnx"),
@@ -152,7 +152,7 @@ EXPORT_CASES = [
     Case("export/gate-threshold-out-of-range", "export", "gate threshold above 1",
          ("export", "--target", "onnx", "--run", R, "--max-bacc-drop", "1.5"), "1.5 is out of range", "max_balanced_accuracy_drop"),
     Case("export/profile-not-found", "export", "--profile that does not exist",
-         ("export", "--target", "onnx", "--run", R, "--profile", "{tmp}/no_profile.yaml"), "export profile not found",
+         ("export", "--target", "onnx", "--run", R, "--profile", "{tmp}/no_profile.yaml"), "export profile file not found",
          "{tmp}/no_profile.yaml"),
 ]
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fopro_edge.bench.results import BenchReport, Measurement
+from fopro_edge.bench.results import BenchReport
 from fopro_edge.distill.report import markdown_table
 from fopro_edge.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 

@@ -47,6 +47,12 @@ def export(
     from fopro_edge.deploy.profiles import deep_merge, overrides_to_dict
     from fopro_edge.errors import ConfigError
 
+    from fopro_edge.deploy.profiles import precisions
+
+    if precision and precision not in precisions(target):
+        raise ConfigError(
+            f"--precision: '{precision}' is not available for --target {target} (choose one of: {', '.join(precisions(target))})"
+        )
     if (run_dir is None) == (checkpoint is None):
         raise ConfigError("--run/--checkpoint: give exactly one (a run directory, or a checkpoint file)")
     if calibration_method and target == "openvino":

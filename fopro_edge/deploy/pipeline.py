@@ -175,15 +175,11 @@ def default_out_dir(checkpoint: Path, run_dir: Path | None, target: str) -> Path
 def _recipe_export(run_dir: Path | None, embedded: dict[str, Any], checkpoint: Path) -> tuple[dict[str, Any], str]:
     """The recipe's ``export`` section: from ``RUN_DIR/recipe.yaml`` when present (editable after
     training), else from the recipe embedded in the checkpoint."""
-    import yaml
+    from fopro_edge.config import read_yaml_mapping
 
     if run_dir is not None and (run_dir / "recipe.yaml").is_file():
         path = run_dir / "recipe.yaml"
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        return dict(raw.get("export") or {}), str(path)
+        return dict(read_yaml_mapping(path, "recipe").get("export") or {}), str(path)
     return dict(embedded.get("export") or {}), f"{checkpoint} (embedded recipe)"
 
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from fopro_edge.config import convert_section, parse_override  # one schema engine, one error format
+from fopro_edge.config import convert_section, parse_override, read_yaml_mapping  # one schema engine, one error format
 from fopro_edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -184,20 +183,15 @@ def default_profile_path(target: str) -> Path:
     return default_profile_dir() / f"{target}.yaml"
 
 
+def precisions(target: str) -> tuple[str, ...]:
+    """The precisions ``target`` can export."""
+    import typing
+
+    return typing.get_args(typing.get_type_hints(PROFILE_TYPES[check_target(target)])["precision"])
+
+
 def read_profile_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: export profile not found (check the path)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: an export profile must be a mapping of keys, not a {type(raw).__name__}")
-    return raw
+    return read_yaml_mapping(path, "export profile")
 
 
 def validate_layer(target: str, raw: Mapping[str, Any], source: str, prefix: str = "") -> None:
