@@ -65,17 +65,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 
 
 def _register() -> None:
-    from fopro_edge.cli import distill_cmd
+    """Attach the subcommands (their modules import only click at load time)."""
+    from fopro_edge.cli import bench_cmd, distill_cmd, eval_cmd, export_cmd, run_cmd
 
-    cli.add_command(distill_cmd.distill)
-    for module_name, attr in (("export_cmd", "export"), ("eval_cmd", "evaluate"), ("bench_cmd", "bench"), ("run_cmd", "run")):
-        try:
-            module = __import__(f"fopro_edge.cli.{module_name}", fromlist=[attr])
-        except ModuleNotFoundError as e:
-            if e.name != f"fopro_edge.cli.{module_name}":
-                raise
-            continue
-        cli.add_command(getattr(module, attr))
+    for command in (run_cmd.run, distill_cmd.distill, export_cmd.export, eval_cmd.evaluate, bench_cmd.bench):
+        cli.add_command(command)
 
 
 def main() -> None:
