@@ -42,6 +42,18 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def sha256_files(paths) -> str:
+    """SHA-256 over the bytes of ``paths`` in order (one file: its plain file hash)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def _jsonable(o: Any) -> Any:
     import numpy as np
 

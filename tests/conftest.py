@@ -14,11 +14,16 @@ def pytest_collection_modifyitems(config, items):
 
     has_cuda = torch.cuda.is_available()
     has_trt = importlib.util.find_spec("tensorrt") is not None
+    needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "nncf", "onnx", "onnxruntime")}
+    missing = {m: [n for n in mods if importlib.util.find_spec(n) is None] for m, mods in needs.items()}
     for item in items:
         if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if item.get_closest_marker("tensorrt") and not (has_trt and has_cuda):
             item.add_marker(pytest.mark.skip(reason="needs tensorrt and a CUDA GPU"))
+        for marker, absent in missing.items():
+            if absent and item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(absent)}"))
 
 
 @pytest.fixture

@@ -19,14 +19,6 @@ NAMES = ["head", "mid", "rare-a", "rare-b"]
 RARE = ["rare-a", "rare-b"]
 
 
-@pytest.fixture(autouse=True)
-def _skip_without_runtime(request):
-    """Tests marked ``onnx`` / ``openvino`` skip cleanly when that runtime is not installed."""
-    needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "nncf", "onnx", "onnxruntime")}
-    for marker, modules in needs.items():
-        if request.node.get_closest_marker(marker):
-            for module in modules:
-                pytest.importorskip(module)
 
 
 # --------------------------------------------------------------------------- profiles
@@ -141,7 +133,7 @@ def test_rare_class_score_is_mean_rare_recall():
 
 
 def _model_with(op_type: str, domain: str = "", in_function: bool = False):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 2])
@@ -164,7 +156,11 @@ def _model_with(op_type: str, domain: str = "", in_function: bool = False):
 @pytest.mark.onnx
 @pytest.mark.parametrize("op,domain", [("DFT", ""), ("STFT", ""), ("Rfft", "com.microsoft"), ("MyFFTv2", "custom")])
 def test_no_fft_assertion_rejects_spectral_ops(op, domain, tmp_path):
-    from fopro_edge.deploy.onnx_backend import ForbiddenOpError, assert_no_fft, find_fft_ops
+    from fopro_edge.deploy.onnx_backend import (
+        ForbiddenOpError,
+        assert_no_fft,
+        find_fft_ops,
+    )
 
     model = _model_with(op, domain)
     assert find_fft_ops(model)
@@ -190,7 +186,11 @@ def test_no_fft_assertion_looks_inside_functions_and_passes_plain_graphs():
 
 
 def test_calibration_is_stratified_with_every_rare_class_and_round_trips(tmp_path):
-    from fopro_edge.deploy.calibration import load_calibration, save_calibration, select_calibration
+    from fopro_edge.deploy.calibration import (
+        load_calibration,
+        save_calibration,
+        select_calibration,
+    )
 
     labels = np.array([0] * 200 + [1] * 60 + [2] * 5 + [3] * 2)
     cal = select_calibration(labels, NAMES, RARE, size=20, seed=0)

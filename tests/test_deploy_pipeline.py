@@ -30,14 +30,6 @@ RECIPE = {
 FAST = ["--threads", "1", "--set", "quantization.timing_runs=5", "--set", "quantization.timing_warmup=1"]
 
 
-@pytest.fixture(autouse=True)
-def _skip_without_runtime(request):
-    """Tests marked ``onnx`` / ``openvino`` skip cleanly when that runtime is not installed."""
-    needs = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "nncf", "onnx", "onnxruntime")}
-    for marker, modules in needs.items():
-        if request.node.get_closest_marker(marker):
-            for module in modules:
-                pytest.importorskip(module)
 
 
 def _train_checkpoint(path: Path) -> None:

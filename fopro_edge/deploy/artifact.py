@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-def sha256_files(paths: Sequence[Path]) -> str:
-    """SHA-256 over the bytes of ``paths`` in order (one file: its plain file hash)."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+from fopro_edge.io import sha256_files
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import torch
 
 from fopro_edge.errors import ConfigError, TrainingError
-from fopro_edge.io import atomic_torch_save
+from fopro_edge.io import atomic_torch_save, sha256_files
 
 FORMAT = "fopro-edge-checkpoint/1"
 
@@ -42,14 +41,6 @@ def load_checkpoint(path: str | Path, key: str = "checkpoint") -> dict[str, Any]
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{key}: {path} is not a fopro-edge checkpoint (no '{FORMAT}' format tag)")
     return state
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -106,7 +97,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu"):
         rare_classes=list(state["rare_classes"]),
         image_size=int(state["image_size"]),
         checkpoint=str(path),
-        sha256=file_sha256(path),
+        sha256=sha256_files([path]),
         recipe=state["recipe"],
         metrics=dict(state.get("metrics") or {}),
     )
