@@ -56,7 +56,7 @@ def measure(method: str, size: int, batch: int, steps: int, device: str, teacher
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    for s in range(2 * every):  # warm-up: whole cycles
+    for s in range(max(8, 2 * every)):  # warm-up: whole cycles, allocator and kernel caches settled
         run(s + 1)
     cycles = max(1, steps // every)
     for c in range(cycles):
