@@ -39,7 +39,7 @@ def parse_benchmark_app(text: str) -> dict[str, float]:
     """Median / Average / Min / Max latency, first inference and compile time (ms) from its stdout."""
     out: dict[str, float] = {}
     for key in ("Median", "Average", "Min", "Max"):
-        m = re.search(rf"^\[ INFO \]\s+{key}:\s+([\d.]+)\s+(ms|us|s)\s*$", text, re.M)
+        m = re.search(rf"^\[ INFO \]\s+{key}:\s+([\d.]+)\s+(ms|us|s)\s*$", text, re.MULTILINE)
         if m:
             out[key.lower() + "_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
     for key, pattern in (("first_inference_ms", r"First inference took ([\d.]+) ms"),
@@ -118,7 +118,7 @@ def compare(xml: Path, precision: str, threads: int, iters: int, warmup: int, ro
     return {"model": target.name, "xml": str(xml), "dynamic_batch": dynamic, "precision": precision, "threads": threads,
             "iterations": iters, "warmup": warmup, "properties": props, "benchmark_app_command": " ".join(cmd),
             "rounds": rows, "ours_p50_ms": ours, "ours_runtime_p50_ms": ours_rt, "bapp_p50_ms": bapp, "ratio": ours / bapp,
-            "within_10pct": abs(ours / bapp - 1) <= 0.10}
+            "within_10pct": abs(ours / bapp - 1) <= 0.10, "measured": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
 def render(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
@@ -131,23 +131,32 @@ def render(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
              " / ".join(f"{x['ours_p50_ms']:.3f}|{x['bapp_p50_ms']:.3f}" for x in r["rounds"]),
              f"{100 * max(max(x['ours_other_cpu'] or 0, x['bapp_other_cpu'] or 0) for x in r['rounds']):.1f}"]
             for r in results]
-    cmd = results[0]["benchmark_app_command"] if results else ""
+    cmd = re.sub(r"-load_config \S+", "-load_config config.json", results[0]["benchmark_app_command"]) if results else ""
     return "\n".join([
         "# In-process timing loop vs OpenVINO `benchmark_app`\n",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')}. Same IR, same compile properties "
-        f"(`{json.dumps(results[0]['properties']) if results else ''}`), batch 1, one synchronous request; "
-        f"{results[0]['iterations'] if results else '?'} timed calls each. Rounds alternate the two tools. "
-        "p50 = median of the rounds' medians. *ours* is the wall-clock time of the runner's `infer` seen from "
-        "Python (input binding, the call, output copy); *OpenVINO-reported* is `InferRequest.latency` of the same "
-        "calls, the in-runtime figure that benchmark_app reports, so the gap between the two is the Python "
-        "binding's overhead per call.\n",
+        (
+            f"Measured {results[0].get('measured', '?') if results else '?'}. Same IR, same compile properties "
+            f"(`{json.dumps(results[0]['properties']) if results else ''}`), batch 1, one synchronous request; "
+            f"{results[0]['iterations'] if results else '?'} timed calls each. Rounds alternate the two tools. "
+            "p50 = median of the rounds' medians. *ours* is the wall-clock time of the runner's `infer` seen from "
+            "Python (input binding, the call, output copy); *OpenVINO-reported* is `InferRequest.latency` of the same "
+            "calls, the in-runtime figure that benchmark_app reports, so the gap between the two is the Python "
+            "binding's overhead per call.\n"
+        ),
         markdown_table(["model", "inference precision", "threads", "ours p50 ms", "ours, OpenVINO-reported p50 ms",
                         "benchmark_app p50 ms", "difference %",
                         "within 10 %", "per round: ours|bapp", "max other CPU %"], rows),
-        "benchmark_app command (the properties file holds the JSON above under `CPU`):\n",
+        (
+            "benchmark_app command for the first row (`config.json` = `{\"CPU\": <the properties above>}`; "
+            "`-data_shape` because the IR has a dynamic batch, `-shape` for a static one; benchmark_app requires "
+            "`-hint none` to take `-nstreams`/`-nthreads` on its command line, so the properties go through "
+            "`-load_config`, and its log confirms NUM_STREAMS 1, INFERENCE_NUM_THREADS 2, PERFORMANCE_HINT LATENCY):\n"
+        ),
         f"```\n{cmd}\n```\n",
-        "Ours: `fopro-edge bench --artifact MODEL.xml --threads 2 --ov-precision f32 --iters "
-        f"{results[0]['iterations'] if results else 300} --out DIR` (fresh process, same runner as the gate).\n",
+        (
+            "Ours: `fopro-edge bench --artifact MODEL.xml --threads 2 --ov-precision f32 --iters "
+            f"{results[0]['iterations'] if results else 300} --out DIR` (fresh process, same runner as the gate).\n"
+        ),
         "## Machine\n",
         markdown_table(["", ""], env_rows(env)),
     ])
@@ -165,7 +174,15 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--name", default="cpu")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
     args = ap.parse_args()
+    if args.render_only:
+        from fopro_edge.io import atomic_write_text
+
+        stem = args.out / f"benchmark_app_{args.name}"
+        d = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
+        atomic_write_text(stem.with_suffix(".md"), render(d["results"], d["env"]))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if shutil.which("benchmark_app") is None:
         raise SystemExit("benchmark_app not found (it ships with the openvino package: pip install openvino)")

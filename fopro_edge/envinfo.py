@@ -130,8 +130,8 @@ def openvino_info() -> dict[str, Any] | None:
         out["cpu_capabilities"] = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         out["cpu_default_inference_precision"] = ov_precision_name(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
         out["cpu_name"] = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
-    except Exception:  # noqa: BLE001 - a property this OpenVINO build does not have
-        pass
+    except Exception as e:  # noqa: BLE001 - a property this OpenVINO build does not have
+        out["cpu_properties_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return out
 
 

@@ -257,9 +257,9 @@ def _export_section(run: Path, skipped: Sequence[SkippedTarget]) -> list[str]:
     from fopro_edge.distill.report import markdown_table
 
     out = ["## 4. Export steps and their rare-class gates\n",
-           "Every step is compared image by image with the PyTorch student on the check split: balanced accuracy, "
-           "rare-class recall and flips (right→wrong on rare-class images). A failed step keeps its artifact, "
-           "marked FAILED.\n"]
+           ("Every step is compared image by image with the PyTorch student on the check split: balanced accuracy, "
+            "rare-class recall and flips (right→wrong on rare-class images). A failed step keeps its artifact, "
+            "marked FAILED.\n")]
     manifests = sorted((run / "export").glob("*/export.json")) if (run / "export").is_dir() else []
     if not manifests and not skipped:
         out.append("(nothing exported)\n")
@@ -302,7 +302,7 @@ def _bench_section(run: Path) -> list[str]:
     report = BenchReport.from_dict(bj)
     chart = "bench/latency.png" if (run / "bench" / "latency.png").is_file() else None
     body = render_markdown(report, chart=chart, heading="##")
-    first, _, rest = body.partition("\n")
+    _, _, rest = body.partition("\n")
     return ["## 5. Latency on this machine\n" + rest.replace("\n### Machine\n", "\n### Machine (fingerprint)\n")]
 
 

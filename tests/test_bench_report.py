@@ -11,7 +11,12 @@ from fopro_edge.bench import BenchConfig, BenchReport, Measurement, Target
 from fopro_edge.bench.cpuload import Interference
 from fopro_edge.bench.report import render_markdown, summary_lines, write_bench_report
 from fopro_edge.bench.stats import summarize
-from fopro_edge.bench.targets import read_export_manifests, run_targets, scan_export_dir, targets_for_artifact
+from fopro_edge.bench.targets import (
+    read_export_manifests,
+    run_targets,
+    scan_export_dir,
+    targets_for_artifact,
+)
 from fopro_edge.errors import ConfigError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

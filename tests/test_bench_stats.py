@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from fopro_edge.bench import cpuload, memory
-from fopro_edge.bench.stats import cv, mean, percentile, speedup, std, summarize, throughput
+from fopro_edge.bench.stats import (
+    cv,
+    mean,
+    percentile,
+    speedup,
+    std,
+    summarize,
+    throughput,
+)
 
 
 @pytest.mark.parametrize("q", [0, 1, 10, 25, 50, 90, 95, 99, 100])

@@ -18,7 +18,7 @@ from fopro_edge.bench.timing import make_inputs, time_runner
 from fopro_edge.bench.worker import measure_in_subprocess
 
 SPEC = {"source": "timm", "model": "test_resnet", "num_classes": 3, "image_size": 32, "seed": 0}
-FAST = dict(warmup=2, iters=5, retries=0, retry_wait_s=0.0, max_interference=1.0, input_count=2)
+FAST = {"warmup": 2, "iters": 5, "retries": 0, "retry_wait_s": 0.0, "max_interference": 1.0, "input_count": 2}
 
 
 class FakeRunner:

@@ -34,7 +34,7 @@ def measure_one(target: Target, batch_size: int, threads: int, config: BenchConf
         return failed("skipped", str(e))
     except ConfigError as e:
         return failed("error", str(e))
-    except Exception as e:  # noqa: BLE001 - a runtime that cannot load this artifact is a result, not a crash
+    except Exception as e:
         log.debug("loading %s failed", target.name, exc_info=True)
         return failed("error", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
     load_ms = (time.perf_counter_ns() - t0) / 1e6
@@ -61,7 +61,7 @@ def measure_one(target: Target, batch_size: int, threads: int, config: BenchConf
             loop = time_runner(runner, inputs, warmup=0, iters=config.iters, seconds=config.seconds,
                                runtime_latency=_runtime_latency(runner))
             after = cpuload.sample()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.debug("running %s failed", target.name, exc_info=True)
             return failed("error", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
                           image_size=size, load_ms=load_ms, runtime_info=info)

@@ -66,6 +66,7 @@ def latency_rows(report: BenchReport, key: tuple[int, int]) -> list[list[Any]]:
 def resource_rows(report: BenchReport, key: tuple[int, int]) -> list[list[Any]]:
     rows = []
     gpu = any(m.gpu_memory for m in report.measurements)
+    runtime = any(m.runtime_latency for m in report.measurements)
     for m in report.measurements:
         if m.key != key or not m.ok:
             continue
@@ -76,6 +77,8 @@ def resource_rows(report: BenchReport, key: tuple[int, int]) -> list[list[Any]]:
         if gpu:
             g = m.gpu_memory or {}
             row.append(_mib(max(g.get("torch_peak_bytes", 0), g.get("device_used_delta_bytes", 0)) or None))
+        if runtime:
+            row.append(_ms(m.runtime_latency.p50_ms) if m.runtime_latency else "–")
         inter = m.interference
         row += [_pct(inter.other_cpu_share if inter else None), m.latency.iterations if m.latency else "–",
                 f"{m.attempts}" + (f" ({', '.join(_ms(p) for p in m.attempt_p50_ms)})" if m.attempts > 1 else "")]
@@ -97,8 +100,9 @@ def env_rows(env: Mapping[str, Any]) -> list[list[str]]:
         ["python / platform", f"{env.get('python')} / {env.get('platform')}"],
         ["torch", str((env.get("torch") or {}).get("version") or pk.get("torch"))],
         ["onnxruntime", f"{ort.get('version') or pk.get('onnxruntime')} ({', '.join(ort.get('providers') or [])})"],
-        ["openvino", f"{ov.get('version') or pk.get('openvino')}; CPU default inference precision: "
-                     f"{ov.get('cpu_default_inference_precision', '?')}; capabilities: {', '.join(ov.get('cpu_capabilities') or [])}"],
+        ["openvino", (f"{ov.get('version') or pk.get('openvino')}; CPU default inference precision: "
+                      f"{ov.get('cpu_default_inference_precision', '?')}; "
+                      f"capabilities: {', '.join(ov.get('cpu_capabilities') or [])}")],
         ["tensorrt", str((env.get("tensorrt") or {}).get("version") or pk.get("tensorrt") or "not installed")],
     ]
     jet = env.get("jetson")
@@ -125,14 +129,14 @@ def render_markdown(report: BenchReport, *, chart: str | None = "latency.png", h
     loop = f"{cfg.iters} timed calls" if cfg.iters is not None else f"timed calls for {cfg.seconds:g} s"
     where = "each in a fresh process" if cfg.isolate else "all in one process"
     inter = report.max_interference()
-    parts = [
-        f"{heading} {report.title}\n",
+    intro = (
         f"Measured {report.created}: {cfg.warmup} warm-up calls, then {loop} of `infer` on {cfg.input_count} fixed "
         f"random inputs, {where}. Latency in ms per call (one batch); throughput in images/s with one call in "
         f"flight. Speed-ups are p50 ratios against the PyTorch eager student and teacher measured in the same run. "
         f"Other processes used at most {_pct(inter)} % of the CPU during any timed loop"
-        f" (limit {100 * cfg.max_interference:g} %, re-measured up to {cfg.retries} times above it).\n",
-    ]
+        f" (limit {100 * cfg.max_interference:g} %, re-measured up to {cfg.retries} times above it).\n"
+    )
+    parts = [f"{heading} {report.title}\n", intro]
     if chart:
         parts.append(f"![latency]({chart})\n")
     for key in configs(report):
@@ -148,6 +152,8 @@ def render_markdown(report: BenchReport, *, chart: str | None = "latency.png", h
         res_headers = ["model", "backend", "precision (used)", "load ms", "first inference ms", "size MiB", "peak RSS MiB"]
         if any(m.gpu_memory for m in report.measurements):
             res_headers.append("GPU MiB")
+        if any(m.runtime_latency for m in report.measurements):
+            res_headers.append("runtime-reported p50")
         res_headers += ["other CPU %", "iterations", "attempts (p50s)"]
         parts += [markdown_table(res_headers, resource_rows(report, key))]
     missing = [m for m in report.measurements if not m.ok]
@@ -157,15 +163,20 @@ def render_markdown(report: BenchReport, *, chart: str | None = "latency.png", h
                                for m in missing) + "\n")
     parts += [
         f"{h2} How to read this\n",
-        "- *load ms*: building the runtime session / compiling the model; *first inference ms*: the first call "
-        "after it (lazy initialisation, `torch.compile`); both are paid once at start-up.\n"
-        "- *peak RSS*: peak resident memory of the measuring process (Python, the one runtime it imported, "
-        "the model, the loop); *size*: the artifact's files (PyTorch rows: the fp32 weights).\n"
-        "- *precision (used)*: for OpenVINO the precision the compiled model really computes in, read back "
-        "from the runtime (this CPU's default is in the table below); `int8 (+bf16)`: quantized layers in int8, "
-        "the others in bf16.\n"
-        "- *other CPU %*: CPU time other processes used during the timed loop, from /proc/stat minus this "
-        "process's own CPU time, as a share of wall time x CPUs.\n",
+        (
+            "- *load ms*: building the runtime session / compiling the model; *first inference ms*: the first call "
+            "after it (lazy initialisation, `torch.compile`); both are paid once at start-up.\n"
+            "- *peak RSS*: peak resident memory of the measuring process (Python, the one runtime it imported, "
+            "the model, the loop); *size*: the artifact's files (PyTorch rows: the fp32 weights).\n"
+            "- *precision (used)*: for OpenVINO the precision the compiled model really computes in, read back "
+            "from the runtime (this CPU's default is in the table below); `int8 (+bf16)`: quantized layers in int8, "
+            "the others in bf16.\n"
+            "- *runtime-reported p50*: OpenVINO's own latency of the same calls (`InferRequest.latency`, what "
+            "`benchmark_app` reports); the p50 columns are wall-clock from Python and include the binding "
+            "(input, output copy).\n"
+            "- *other CPU %*: CPU time other processes used during the timed loop, from /proc/stat minus this "
+            "process's own CPU time, as a share of wall time x CPUs.\n"
+        ),
         f"{h2} Machine\n",
         markdown_table(["", ""], env_rows(report.env)),
     ]
@@ -183,11 +194,16 @@ def plot_latency(report: BenchReport, path: Path) -> bool:
     if not panels:
         return False
     rows = max(len(ms) for _, ms in panels)
-    fig = Figure(figsize=(7.5 * len(panels), 1.4 + 0.38 * rows), layout="constrained")
+    fig = Figure(figsize=(max(9.5, 7.5 * len(panels)), 1.4 + 0.3 * rows), layout="constrained")
+    groups = list(dict.fromkeys(m.target.group for m in report.measurements))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, ((b, t), ms) in zip(axes, panels):
-        ms = sorted(ms, key=lambda m: -m.latency.p50_ms)  # type: ignore[union-attr]
+        # grouped by model (in measuring order, top to bottom), slowest first within a model
+        ms = sorted(ms, key=lambda m: (-groups.index(m.target.group), -m.latency.p50_ms))  # type: ignore[union-attr]
         y = list(range(len(ms)))
+        for yi in range(1, len(ms)):
+            if ms[yi].target.group != ms[yi - 1].target.group:
+                ax.axhline(yi - 0.5, color="black", linewidth=0.6)
         p50 = [m.latency.p50_ms for m in ms]  # type: ignore[union-attr]
         p90 = [m.latency.p90_ms for m in ms]  # type: ignore[union-attr]
         p99 = [m.latency.p99_ms for m in ms]  # type: ignore[union-attr]
@@ -210,7 +226,7 @@ def plot_latency(report: BenchReport, path: Path) -> bool:
     present = sorted({m.target.backend for _, ms in panels for m in ms})
     fig.legend(handles=[Patch(color=BACKEND_COLOURS.get(b, "#333333"), label=b) for b in present],
                fontsize=7, loc="outside lower center", ncols=len(present))
-    fig.suptitle(f"{report.title} — labels: speed-up of p50 over the PyTorch eager student", fontsize=10)
+    fig.suptitle(f"{report.title}\nlabels: speed-up of p50 over the PyTorch eager student", fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(path, buf.getvalue())
