@@ -255,22 +255,20 @@ class Trainer:
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
         bad = [k for k in bad if k != "loss"] or bad  # name the loss term, the total only when no term is at fault
         if bad:
-            last = self.run_dir.last_checkpoint
-            kept = (
-                f"the last good checkpoint is kept in {last}" if last.is_file() else "no checkpoint was written yet"
-            )
             raise TrainingError(
-                f"non-finite loss at step {step} (term {', '.join(bad)}); {kept} "
+                f"non-finite loss at step {step} (term {', '.join(bad)}); {self._kept()} "
                 "(lower optim.lr or set runtime.amp=none, then --resume)"
             )
+
+    def _kept(self) -> str:
+        last = self.run_dir.last_checkpoint
+        return f"the last good checkpoint is kept in {last}" if last.is_file() else "no checkpoint was written yet"
 
     def _check_finite_weights(self, epoch: int) -> None:
         bad = [k for k, v in self.net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
-            last = self.run_dir.last_checkpoint
-            kept = f"the last good checkpoint is kept in {last}" if last.is_file() else "no checkpoint was written yet"
             raise TrainingError(
-                f"non-finite weights after epoch {epoch + 1} ({bad[0]}{' and more' if len(bad) > 1 else ''}); {kept} "
+                f"non-finite weights after epoch {epoch + 1} ({bad[0]}{' and more' if len(bad) > 1 else ''}); {self._kept()} "
                 "(lower optim.lr or set optim.grad_clip, then --resume)"
             )
 
