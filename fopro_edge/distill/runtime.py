@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fopro_edge.config import RuntimeConfig
+from fopro_edge.config import RuntimeConfig, device_problem
 from fopro_edge.errors import ConfigError
 
 
@@ -47,6 +47,9 @@ def setup_runtime(cfg: RuntimeConfig, device_override: str | None = None) -> Run
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     requested = device_override or cfg.device
+    problem = device_problem(requested)
+    if problem:
+        raise ConfigError(f"runtime.device: {problem}")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
@@ -54,10 +57,8 @@ def setup_runtime(cfg: RuntimeConfig, device_override: str | None = None) -> Run
             raise ConfigError(f"runtime.device: '{requested}' requested but CUDA is not available (use --device cpu)")
         device = torch.device("cuda", local_rank if world_size > 1 else torch.device(requested).index or 0)
         torch.cuda.set_device(device)
-    elif requested == "cpu":
-        device = torch.device("cpu")
     else:
-        raise ConfigError(f"runtime.device: unknown device '{requested}' (use auto, cpu, cuda or cuda:N)")
+        device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if cfg.threads:

@@ -300,7 +300,7 @@ class Trainer:
         improved = score > self.best_score
         if improved:
             self.best_score, self.best_epoch = score, epoch
-            save_checkpoint(self.run_dir.best_checkpoint, self._export_state(epoch, val))
+            save_checkpoint(self.run_dir.best_checkpoint, self._export_state(epoch, {k: val[k] for k in SELECTION_METRICS}))
         record = {
             "epoch": epoch + 1,
             "lr": self.scheduler.get_last_lr()[0],
@@ -319,7 +319,8 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ checkpoints
-    def _export_state(self, epoch: int, val: dict[str, Any]) -> dict[str, Any]:
+    def _export_state(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """What an exporter needs: the student, its recipe and classes, and the metrics it was chosen on."""
         return {
             "student": self.student.state_dict(),
             "recipe": self.recipe.to_dict(),
@@ -327,12 +328,12 @@ class Trainer:
             "rare_classes": list(self.stats.rare_classes),
             "image_size": self.recipe.data.image_size,
             "epoch": epoch + 1,
-            "metrics": {k: val[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "rare_recall")},
+            "metrics": metrics,
         }
 
     def _full_state(self, epoch: int) -> dict[str, Any]:
         state = {
-            **self._export_state(epoch, {"balanced_accuracy": None, "macro_f1": None, "accuracy": None, "rare_recall": None}),
+            **self._export_state(epoch, {}),
             "net": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -406,6 +407,7 @@ class Trainer:
         return DistillResult(self.run_dir.path, self.run_dir.best_checkpoint, int(best["epoch"]), metrics, reports)
 
 
+SELECTION_METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "rare_recall")
 RESUMABLE_CHANGES = ("distill.epochs", "runtime.")
 
 
