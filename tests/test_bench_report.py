@@ -85,6 +85,22 @@ def test_markdown_has_the_tables_the_failures_and_the_fingerprint(report):
     assert any("openvino/ir-int8" in ln and "8.00x vs student" in ln for ln in lines)
 
 
+def test_cuda_event_column_only_when_a_measurement_has_one(report):
+    assert "| GPU p50 (CUDA events) |" not in render_markdown(report)
+    cuda = Target("mnv3 (student, cuda)", "pytorch", role="artifact", model={"source": "timm", "model": "x"})
+    events = summarize([int(0.5e6)] * 10, 1)
+    with_gpu = BenchReport((*report.measurements, _m(cuda, 0.8, gpu_latency=events)), report.config, report.env,
+                           report.created, report.title)
+    md = render_markdown(with_gpu)
+    header = next(line for line in md.splitlines() if line.startswith("| model | backend |"))
+    col = [c.strip() for c in header.strip("|").split("|")].index("GPU p50 (CUDA events)")
+    row = next(line for line in md.splitlines() if line.startswith("| mnv3 (student, cuda) | pytorch |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[col] == "0.500"
+    ov_row = next(line for line in md.splitlines() if line.startswith("| openvino/ir-int8 | openvino |"))
+    assert [c.strip() for c in ov_row.strip("|").split("|")][col] == "–"
+
+
 def test_write_bench_report_files(report, tmp_path):
     paths = write_bench_report(report, tmp_path / "b")
     assert {p.name for p in paths.values()} == {"bench.json", "bench.md", "latency.png"}

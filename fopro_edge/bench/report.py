@@ -67,6 +67,7 @@ def resource_rows(report: BenchReport, key: tuple[int, int]) -> list[list[Any]]:
     rows = []
     gpu = any(m.gpu_memory for m in report.measurements)
     runtime = any(m.runtime_latency for m in report.measurements)
+    events = any(m.gpu_latency for m in report.measurements)
     for m in report.measurements:
         if m.key != key or not m.ok:
             continue
@@ -79,6 +80,8 @@ def resource_rows(report: BenchReport, key: tuple[int, int]) -> list[list[Any]]:
             row.append(_mib(max(g.get("torch_peak_bytes", 0), g.get("device_used_delta_bytes", 0)) or None))
         if runtime:
             row.append(_ms(m.runtime_latency.p50_ms) if m.runtime_latency else "–")
+        if events:
+            row.append(_ms(m.gpu_latency.p50_ms) if m.gpu_latency else "–")
         inter = m.interference
         row += [_pct(inter.other_cpu_share if inter else None), m.latency.iterations if m.latency else "–",
                 f"{m.attempts}" + (f" ({', '.join(_ms(p) for p in m.attempt_p50_ms)})" if m.attempts > 1 else "")]
@@ -154,6 +157,8 @@ def render_markdown(report: BenchReport, *, chart: str | None = "latency.png", h
             res_headers.append("GPU MiB")
         if any(m.runtime_latency for m in report.measurements):
             res_headers.append("runtime-reported p50")
+        if any(m.gpu_latency for m in report.measurements):
+            res_headers.append("GPU p50 (CUDA events)")
         res_headers += ["other CPU %", "iterations", "attempts (p50s)"]
         parts += [markdown_table(res_headers, resource_rows(report, key))]
     missing = [m for m in report.measurements if not m.ok]
@@ -174,6 +179,8 @@ def render_markdown(report: BenchReport, *, chart: str | None = "latency.png", h
             "- *runtime-reported p50*: OpenVINO's own latency of the same calls (`InferRequest.latency`, what "
             "`benchmark_app` reports); the p50 columns are wall-clock from Python and include the binding "
             "(input, output copy).\n"
+            "- *GPU p50 (CUDA events)*: time between CUDA events recorded on the runner's stream around each call "
+            "(TensorRT: the engine alone; PyTorch on CUDA: input copy, kernels, output copy).\n"
             "- *other CPU %*: CPU time other processes used during the timed loop, from /proc/stat minus this "
             "process's own CPU time, as a share of wall time x CPUs.\n"
         ),

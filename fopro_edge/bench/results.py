@@ -70,7 +70,7 @@ class Measurement:
     message: str = ""
     image_size: int | None = None
     latency: LatencyStats | None = None
-    gpu_latency: LatencyStats | None = None  # CUDA events on the runner's stream (TensorRT)
+    gpu_latency: LatencyStats | None = None  # CUDA events on the runner's stream (TensorRT, PyTorch on CUDA)
     runtime_latency: LatencyStats | None = None  # the runtime's own figure per call (OpenVINO), no Python binding
     load_ms: float | None = None  # runner construction: read + compile
     first_inference_ms: float | None = None

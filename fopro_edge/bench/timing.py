@@ -36,7 +36,7 @@ class LoopTiming:
 
 
 class _CudaEvents:
-    """CUDA-event timing on a runner's stream (TensorRT); inactive without torch + CUDA."""
+    """CUDA-event timing on a runner's stream (TensorRT, PyTorch on CUDA); inactive without torch + CUDA."""
 
     def __init__(self, runner: Any) -> None:
         torch = sys.modules.get("torch")

@@ -73,6 +73,8 @@ class TorchRunner(_Base):
         self.threads = threads
         self._old_threads: int | None = None
         self.info = {"device": device, "torch": torch.__version__}
+        # on CUDA, the bench loop also records CUDA events on this stream (copies and kernels)
+        self.stream = torch.cuda.current_stream(torch.device(device)) if device.startswith("cuda") else None
 
     def __enter__(self):
         if self.threads:
