@@ -87,6 +87,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return {"onnx": d / "dyn.onnx", "fixed": d / "fixed.onnx", "xml": d / "model.xml"}
 
 
+@pytest.mark.openvino  # the `tiny` fixture writes an OpenVINO IR
 def test_measure_one_on_every_cpu_backend(tiny):
     cfg = BenchConfig(batch_sizes=(2,), threads=(1,), isolate=False, **FAST)
     targets = [
@@ -113,6 +114,7 @@ def test_measure_one_on_every_cpu_backend(tiny):
     assert ov_auto.runtime_info["inference_precision"] in ("f32", "bf16", "f16")
 
 
+@pytest.mark.openvino  # the `tiny` fixture writes an OpenVINO IR
 def test_fixed_batch_missing_runtime_and_broken_file_are_results_not_crashes(tiny, tmp_path):
     cfg = BenchConfig(isolate=False, **FAST)
     m = measure_one(Target("fixed", "onnxruntime", path=str(tiny["fixed"])), 4, 1, cfg)
@@ -125,6 +127,7 @@ def test_fixed_batch_missing_runtime_and_broken_file_are_results_not_crashes(tin
     assert m.status == "error" and m.message
 
 
+@pytest.mark.openvino  # the `tiny` fixture writes an OpenVINO IR
 def test_subprocess_measurement_has_its_own_peak_memory(tiny):
     cfg = BenchConfig(**FAST)
     m = measure_in_subprocess(Target("ort", "onnxruntime", path=str(tiny["onnx"])), 1, 1, cfg)
