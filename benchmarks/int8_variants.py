@@ -2,7 +2,7 @@
 
 For one model of the latency suite (its batch-1 ONNX, built by ``benchmarks/latency.py`` in
 ``--work``) this builds INT8 IRs with the project's own ``quantize_ir`` under several NNCF
-settings, then times every (IR, inference precision) pair in one process, interleaved over
+settings, then times every (IR, runtime setting) pair in one process, interleaved over
 ``--rounds`` rounds so slow drifts of the machine hit all of them alike, and reports the median
 of the per-round p50s. It also profiles the default INT8 IR per layer type (OpenVINO's
 ``PERF_COUNT``). Writes ``int8_variants_<model>.{json,md}``.
@@ -36,7 +36,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "SE pooling + multiply in float": {"ignored_types": ("ReduceMean", "Multiply")},
     "stem conv in float": {"ignored_patterns": ("/backbone/conv_stem/.*",)},
 }
-PRECISIONS = ("f32", "bf16")
+# runtime settings: label -> compile properties on top of the latency hint (every variant gets the
+# first two; the default variant gets all of them)
+RUNTIME: dict[str, dict[str, Any]] = {
+    "f32": {"INFERENCE_PRECISION_HINT": "f32"},
+    "bf16": {"INFERENCE_PRECISION_HINT": "bf16"},
+    "f16": {"INFERENCE_PRECISION_HINT": "f16"},
+    "f32, CPU pinning on": {"INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": True},
+    "f32, CPU pinning off": {"INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False},
+}
 
 
 def build(model_dir: Path, out_dir: Path, images: np.ndarray) -> dict[str, Path]:
@@ -55,11 +63,11 @@ def build(model_dir: Path, out_dir: Path, images: np.ndarray) -> dict[str, Path]
     return paths
 
 
-def compile_request(path: Path, precision: str, threads: int, perf_count: bool = False):
+def compile_request(path: Path, runtime: dict[str, Any], threads: int, perf_count: bool = False):
     import openvino as ov
 
     cfg = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": threads,
-           "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": perf_count}
+           "PERF_COUNT": perf_count, **runtime}
     core = ov.Core()
     return core.compile_model(core.read_model(str(path)), "CPU", cfg).create_infer_request()
 
@@ -77,7 +85,7 @@ def p50_ms(request, x: np.ndarray, iters: int, warmup: int = 30) -> float:
 
 def profile(path: Path, x: np.ndarray, threads: int, iters: int) -> list[dict[str, Any]]:
     """Mean time per call of each (layer type, kernel) pair, largest first."""
-    request = compile_request(path, "f32", threads, perf_count=True)
+    request = compile_request(path, RUNTIME["f32"], threads, perf_count=True)
     for _ in range(30):
         request.infer({0: x})
     total: collections.Counter = collections.Counter()
@@ -111,27 +119,29 @@ def main() -> int:
 
     paths = build(args.work / args.model, args.work / args.model / "variants", calibration_images(args.calibration_images, 224))
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
-    cells = {(name, prec): compile_request(path, prec, args.threads) for name, path in paths.items() for prec in PRECISIONS}
+    default = next(iter(VARIANTS))
+    cells = {(name, label): compile_request(path, RUNTIME[label], args.threads)
+             for name, path in paths.items() for label in (RUNTIME if name == default else list(RUNTIME)[:2])}
     wait_for_quiet(0.05)
     rounds: dict[tuple[str, str], list[float]] = {k: [] for k in cells}
     for _ in range(args.rounds):
         for key, request in cells.items():
             rounds[key].append(p50_ms(request, x, args.iters))
     layers = profile(paths["default (performance preset)"], x, args.threads, args.iters)
-    rows = [{"variant": n, "inference_precision": p, "p50_ms": statistics.median(v), "round_p50s_ms": v}
-            for (n, p), v in rounds.items()]
+    rows = [{"variant": n, "runtime": r, "p50_ms": statistics.median(v), "round_p50s_ms": v}
+            for (n, r), v in rounds.items()]
     report = {"model": args.model, "threads": args.threads, "rounds": args.rounds, "iters": args.iters,
-              "command": "python " + " ".join(sys.argv), "variants": VARIANTS, "results": rows,
+              "command": "python " + " ".join(sys.argv), "variants": VARIANTS, "runtime": RUNTIME, "results": rows,
               "profile_default_f32": layers, "env": collect_env(runtimes=True), "date": time.strftime("%Y-%m-%d")}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"int8_variants_{args.model}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    base = next(r["p50_ms"] for r in rows if r["variant"].startswith("default") and r["inference_precision"] == "f32")
+    base = statistics.median(rounds[(default, "f32")])
     md = [f"# INT8 variants of `{args.model}` (OpenVINO, batch 1, {args.threads} threads)\n",
-          f"`{report['command']}`, {report['date']}. Median of {args.rounds} per-round p50s, {args.iters} calls each, "
-          "all cells in one process, interleaved.\n",
-          "| NNCF variant | inference precision | p50 ms | vs default | per-round p50s |", "|---|---|---:|---:|---|"]
-    md += [f"| {r['variant']} | {r['inference_precision']} | {r['p50_ms']:.3f} | {r['p50_ms'] / base:.2f}x | "
+          (f"`{report['command']}`, {report['date']}. Median of {args.rounds} per-round p50s, {args.iters} calls "
+           "each, all cells in one process, interleaved.\n"),
+          "| NNCF variant | runtime (inference precision, properties) | p50 ms | vs default | per-round p50s |", "|---|---|---:|---:|---|"]
+    md += [f"| {r['variant']} | {r['runtime']} | {r['p50_ms']:.3f} | {r['p50_ms'] / base:.2f}x | "
            + ", ".join(f"{v:.3f}" for v in r["round_p50s_ms"]) + " |" for r in rows]
     total = sum(layer["us_per_call"] for layer in layers)
     md += [f"\n## Where the default INT8 model's time goes (PERF_COUNT, {total:.0f} µs of layers per call)\n",
