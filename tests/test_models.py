@@ -1,3 +1,4 @@
+import errno
 import pickle
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 
 from fopro_edge.config import StudentConfig, TeacherConfig
 from fopro_edge.errors import ConfigError
-from fopro_edge.models import build_student, build_teacher
+from fopro_edge.models import build_student, build_teacher, hub
 from fopro_edge.models.student import EKDHeads, feature_dim
 from fopro_edge.models.timm_factory import create_timm_model, load_weights_into
 
@@ -121,8 +122,69 @@ def test_hub_failure_is_a_clear_error(monkeypatch):
 
     create = timm.create_model
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)  # reachable, but the download fails
     with pytest.raises(ConfigError, match=r"teacher.model: could not fetch pre-trained weights .* teacher.weights=<local file>"):
         build_teacher(TeacherConfig(model="test_efficientnet", pretrained=True))
+
+
+def _no_hub_download(monkeypatch):
+    import timm
+
+    create = timm.create_model
+
+    def local_only(*args, **kwargs):
+        overlay = kwargs.get("pretrained_cfg_overlay") or {}
+        assert not kwargs.get("pretrained") or overlay.get("file"), "a hub download was attempted"
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", local_only)
+
+
+def test_unreachable_hub_without_cached_weights_fails_at_once(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hub.socket, "create_connection", refuse)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
+    _no_hub_download(monkeypatch)
+    with pytest.raises(ConfigError, match=r"teacher.model: the Hugging Face Hub is unreachable \(cannot connect to "
+                                          r"huggingface.co:443: Network is unreachable\) .* teacher.pretrained=false"):
+        build_teacher(TeacherConfig(model="test_efficientnet", pretrained=True))
+
+
+def test_unreachable_hub_loads_the_cached_weights(monkeypatch, tmp_path):
+    torch.manual_seed(3)
+    reference = create_timm_model("test_efficientnet", pretrained=False, key="teacher.model")
+    cached = tmp_path / "pytorch_model.bin"
+    torch.save(reference.state_dict(), cached)
+    asked = []
+
+    def cache(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        return str(cached) if filename == "pytorch_model.bin" else None
+
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: "cannot connect to huggingface.co:443: blocked")
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", cache)
+    _no_hub_download(monkeypatch)
+    model = create_timm_model("test_efficientnet", pretrained=True, key="teacher.model")
+    assert asked[0][0].startswith("timm/test_efficientnet") and [f for _, f in asked] == list(hub.HUB_FILES)
+    for k, v in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_hub_probe_leaves_offline_mode_and_proxies_to_huggingface_hub(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("connected")
+
+    monkeypatch.setattr(hub.socket, "create_connection", forbidden)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.hub_unreachable() is None
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert hub.hub_unreachable() is None
 
 
 def test_model_args_reach_timm():

@@ -127,13 +127,16 @@ _FORBIDDEN = [
 ]
 
 
+_HUB_PROBE = PACKAGE / "models" / "hub.py"  # the one network check: is the hub reachable (pretrained: true only)
+
+
 def test_no_shell_no_unsafe_loading_and_no_network_code_in_the_package():
     problems = []
     for path in sorted(PACKAGE.rglob("*.py")):
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             where = f"{path.relative_to(REPO)}:{n}: {line.strip()}"
             for pattern, what in _FORBIDDEN:
-                if re.search(pattern, line):
+                if re.search(pattern, line) and not (what == "network access" and path == _HUB_PROBE):
                     problems.append(f"{what}: {where}")
             if re.search(r"\btorch\.load\(", line) and "weights_only=True" not in line:
                 problems.append(f"torch.load without weights_only=True: {where}")

@@ -27,6 +27,12 @@ def create_timm_model(name: str, *, pretrained: bool, key: str, **kwargs) -> nn.
         close = difflib.get_close_matches(name, timm.list_models(), n=1)
         hint = f"did you mean '{close[0]}'?" if close else "see timm.list_models()"
         raise ConfigError(f"{key}: unknown timm model '{name}' ({hint})")
+    if pretrained:
+        from fopro_edge.models.hub import offline_pretrained_overlay
+
+        overlay = offline_pretrained_overlay(name, key)
+        if overlay:
+            kwargs = {**kwargs, "pretrained_cfg_overlay": {**kwargs.get("pretrained_cfg_overlay", {}), **overlay}}
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
