@@ -144,8 +144,7 @@ def test_unreachable_hub_without_cached_weights_fails_at_once(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(errno.ENETUNREACH, "Network is unreachable")
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for var in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(hub.socket, "create_connection", refuse)
     monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
