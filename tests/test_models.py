@@ -144,8 +144,9 @@ def test_unreachable_hub_without_cached_weights_fails_at_once(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(errno.ENETUNREACH, "Network is unreachable")
 
-    for var in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for var in ("HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub.socket, "create_connection", refuse)
     monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
     _no_hub_download(monkeypatch)
@@ -179,9 +180,9 @@ def test_hub_probe_leaves_offline_mode_and_proxies_to_huggingface_hub(monkeypatc
         raise AssertionError("connected")
 
     monkeypatch.setattr(hub.socket, "create_connection", forbidden)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
     assert hub.hub_unreachable() is None
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert hub.hub_unreachable() is None
 

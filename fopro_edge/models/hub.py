@@ -19,14 +19,12 @@ HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for in
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
-def _true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
 def hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why the hub cannot be reached, or ``None`` when it can, or when offline mode or a proxy
     decides instead (huggingface_hub then handles it)."""
-    if _true("HF_HUB_OFFLINE") or any(os.environ.get(v) for v in _PROXY_VARS):
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in _PROXY_VARS):  # the hub client's own setting
         return None
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
