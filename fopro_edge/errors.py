@@ -33,3 +33,10 @@ class GateFailedError(FoproEdgeError):
     """An exported artifact failed its rare-class accuracy gate. Exit code 5."""
 
     exit_code = 5
+
+
+class UnverifiedError(FoproEdgeError):
+    """A step produced its files but could not be run and checked here (e.g. a TensorRT engine
+    without a GPU): not a pass. Exit code 6."""
+
+    exit_code = 6

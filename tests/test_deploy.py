@@ -91,7 +91,7 @@ def test_gate_counts_flips_per_class_and_separately_for_rare():
     assert not r.passed and r.failing_classes == ("rare-a",)
     assert any("right -> wrong" in x for x in r.reasons) and any("'rare-a': recall 1.000 -> 0.500" in x for x in r.reasons)
     md = r.to_markdown()
-    assert "| rare-a | yes | 2 | 100.0 | 50.0 | -50.0 | 1 | 0 | FAIL |" in md
+    assert "| rare-a | yes | 2 | 100.0 | 50.0 | -50.0 | [-100.0, +0.0] | 1 | 0 | 1.000 | FAIL |" in md
     d = json.loads(json.dumps(r.to_dict()))
     assert d["status"] == "FAILED" and d["classes"][2]["delta"] == -0.5
 
@@ -116,11 +116,13 @@ def test_gate_balanced_accuracy_drop_names_the_classes_that_fell():
     assert r.balanced_accuracy_drop == pytest.approx(0.075)
 
 
-def test_gate_class_without_images_is_unchecked_not_failed():
+def test_gate_class_without_images_is_unchecked_and_a_missing_rare_class_fails():
     labels = np.array([0, 1, 2, 2])
-    r = evaluate_gate(labels, _logits(labels), _logits(labels), NAMES, RARE, P.GateConfig())
+    r = evaluate_gate(labels, _logits(labels), _logits(labels), NAMES, RARE, P.GateConfig(allow_missing_rare=True))
     assert r.passed and r.unchecked_classes == ("rare-b",)
     assert r.classes[3].recall is None and "not checked" in r.to_markdown()
+    strict = evaluate_gate(labels, _logits(labels), _logits(labels), NAMES, RARE, P.GateConfig())
+    assert not strict.passed and strict.failing_classes == ("rare-b",) and "holds no image" in strict.reasons[0]
 
 
 def test_rare_class_score_is_mean_rare_recall():
@@ -319,18 +321,28 @@ def test_tensorrt_status_explains_why_not():
 # --------------------------------------------------------------------------- repair plan
 
 
-def test_repair_plan_is_bounded_and_ordered():
+def test_repair_plan_puts_the_strongest_tries_first_and_is_bounded():
     plans = plan_repairs(100, 1000, size_factor=2.0, methods=["percentile", "entropy", "minmax"], base_method="minmax",
-                         float_layers=[1, 3], accuracy_control=True, max_tries=10)
-    labels = [p.label for p in plans]
-    assert labels[0] == "larger rare-stratified calibration set (200 images)" and plans[0].calibration_size == 200
-    assert [p.method for p in plans[1:3]] == ["percentile", "entropy"]
-    assert [p.float_layers for p in plans[3:5]] == [1, 3] and plans[-1].accuracy_control
+                         float_layers=[1, 3], qat=True, accuracy_control=True, max_tries=10)
+    assert plans[0].qat and plans[1].accuracy_control
+    assert [p.float_layers for p in plans[2:4]] == [1, 3]
+    assert [p.method for p in plans[4:6]] == ["percentile", "entropy"]
+    assert plans[-1].label == "larger rare-stratified calibration set (200 images)" and plans[-1].calibration_size == 200
+    # the default budget (6 tries) reaches QAT-KD and accuracy control
+    short = plan_repairs(100, 1000, size_factor=2.0, methods=["percentile"], base_method="minmax", float_layers=[3],
+                         qat=True, accuracy_control=True, max_tries=6)
+    assert short[0].qat and short[1].accuracy_control and len(short) == 5
     assert len(plan_repairs(100, 1000, size_factor=2.0, methods=["entropy"], base_method="minmax",
                             float_layers=[1, 2, 3], max_tries=3)) == 2
     # every train image is already in the set: no "larger set" try
     small = plan_repairs(85, 85, size_factor=2.0, methods=[], base_method="minmax", float_layers=[1], max_tries=6)
     assert [p.float_layers for p in small] == [1]
+
+
+def test_repair_plan_moves_the_larger_set_first_when_calibration_misses_a_rare_class():
+    plans = plan_repairs(100, 1000, size_factor=2.0, methods=[], base_method="minmax", float_layers=[3], qat=True,
+                         rare_missing=True, max_tries=6)
+    assert plans[0].calibration_size == 200 and plans[1].qat
 
 
 def test_no_deploy_module_is_named_like_the_package_it_wraps():

@@ -1,7 +1,9 @@
 """The rare-class gate: an artifact's predictions against the PyTorch student's, image by image.
 
 Pure functions over labels, predictions and logits. A class with no image in the check split has
-no recall (``None``), is left out of every mean and is listed as unchecked.
+no recall (``None``), is left out of every mean and is listed as unchecked; a rare one also fails the
+gate unless ``allow_missing_rare``. The verdict is taken on point estimates; paired bootstrap
+intervals and per-class sign tests say how much the check set can resolve.
 """
 
 from __future__ import annotations
@@ -15,6 +17,29 @@ import numpy as np
 from fopro_edge.deploy.profiles import GateConfig
 
 
+BOOTSTRAP_SEED = 0  # fixed, so a report is reproducible
+_DRAWS_PER_CHUNK = 1 << 21  # resampled images held in memory at once
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """Percentile intervals of the drops (reference minus candidate) and of the flip rate."""
+
+    balanced_accuracy_drop: Interval
+    class_drops: tuple[Interval | None, ...]  # None: no image of the class
+    flip_rate: Interval
+
+
 @dataclass(frozen=True)
 class ClassRow:
     index: int
@@ -26,6 +51,8 @@ class ClassRow:
     right_to_wrong: int
     wrong_to_right: int
     failed: bool
+    drop_ci: Interval | None = None  # interval of the recall drop (reference minus artifact)
+    mcnemar_p: float | None = None  # exact sign test, right->wrong vs wrong->right
 
     @property
     def delta(self) -> float | None:
@@ -81,6 +108,9 @@ class GateReport:
     thresholds: dict[str, Any] = field(default_factory=dict)
     runtime_info: dict[str, Any] = field(default_factory=dict)
     parity_checked: bool = False
+    balanced_accuracy_drop_ci: Interval | None = None
+    flip_rate_ci: Interval | None = None
+    notes: tuple[str, ...] = ()  # what the check set is too small to resolve; never changes the verdict
 
     @property
     def status(self) -> str:
@@ -142,6 +172,94 @@ def parity(reference_logits: np.ndarray, logits: np.ndarray) -> Parity:
     )
 
 
+def bootstrap_intervals(
+    labels: np.ndarray,
+    reference_preds: np.ndarray,
+    preds: np.ndarray,
+    num_classes: int,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = BOOTSTRAP_SEED,
+) -> Intervals | None:
+    """Paired bootstrap stratified by class: images are resampled with replacement within each class,
+    the same draws for both predictions. ``None`` when ``resamples`` is 0 or there is no image."""
+    labels = np.asarray(labels, np.int64)
+    n = len(labels)
+    if resamples <= 0 or n == 0:
+        return None
+    order = np.argsort(labels, kind="stable")
+    y, ref, new = labels[order], np.asarray(reference_preds)[order], np.asarray(preds)[order]
+    support = np.bincount(y, minlength=num_classes)
+    present = np.flatnonzero(support)
+    starts = np.concatenate(([0], np.cumsum(support)[:-1]))
+    lost = (ref == y).astype(np.int8) - (new == y).astype(np.int8)  # +1 right->wrong, -1 wrong->right
+    changed = (ref != new).astype(np.int8)
+    first, size = starts[y], support[y]  # each image's class block in sorted order
+    rng = np.random.default_rng(seed)
+    class_drops = np.empty((resamples, len(present)))
+    flip_rates = np.empty(resamples)
+    step = max(1, _DRAWS_PER_CHUNK // n)
+    for a in range(0, resamples, step):
+        b = min(a + step, resamples)
+        idx = first + rng.integers(0, size, size=(b - a, n))
+        class_drops[a:b] = np.add.reduceat(lost[idx], starts[present], axis=1, dtype=np.int32) / support[present]
+        flip_rates[a:b] = changed[idx].sum(axis=1, dtype=np.int32) / n
+    tail = 50.0 * (1.0 - confidence)
+
+    def interval(x: np.ndarray) -> Interval:
+        lo, hi = np.percentile(x, [tail, 100.0 - tail])
+        return Interval(float(lo), float(hi))
+
+    per_class: list[Interval | None] = [None] * num_classes
+    for j, k in enumerate(present):
+        per_class[k] = interval(class_drops[:, j])
+    return Intervals(interval(class_drops.mean(axis=1)), tuple(per_class), interval(flip_rates))
+
+
+def sign_test_p(right_to_wrong: int, wrong_to_right: int) -> float:
+    """Exact two-sided McNemar test: binomial on the discordant pairs, p = 1/2; 1.0 with none."""
+    n = right_to_wrong + wrong_to_right
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest  # scipy.stats is slow to import
+
+    return float(binomtest(right_to_wrong, n, 0.5).pvalue)
+
+
+def _points(iv: Interval, sign: float = 1.0, fmt: str = ".1f") -> str:
+    """An interval in points; ``sign=-1`` turns a drop into a change (artifact minus reference)."""
+    lo, hi = sorted((sign * iv.low, sign * iv.high))
+    return f"[{round(100 * lo, 1) + 0.0:{fmt}}, {round(100 * hi, 1) + 0.0:{fmt}}]"
+
+
+def resolution_notes(
+    cis: Intervals,
+    support: np.ndarray,
+    names: Sequence[str],
+    rare_ids: Sequence[int],
+    thresholds: GateConfig,
+) -> tuple[str, ...]:
+    """Thresholds narrower than the interval of the drop they limit."""
+    conf = f"{100 * thresholds.confidence:g} %"
+    notes: list[str] = []
+    t = thresholds.max_balanced_accuracy_drop
+    if cis.balanced_accuracy_drop.width > t + 1e-12:
+        notes.append(
+            f"check set too small to resolve a {100 * t:g}-point balanced-accuracy drop: {conf} interval of the "
+            f"drop is {_points(cis.balanced_accuracy_drop)} points ({int(support.sum())} images)"
+        )
+    t = thresholds.max_rare_recall_drop
+    for k in rare_ids:
+        iv = cis.class_drops[k]
+        if iv is not None and iv.width > t + 1e-12:
+            notes.append(
+                f"check set too small to resolve a {100 * t:g}-point recall drop of rare class '{names[k]}': "
+                f"{conf} interval of the drop is {_points(iv)} points ({int(support[k])} images)"
+            )
+    return tuple(notes)
+
+
 def evaluate_gate(
     labels: np.ndarray,
     reference_logits: np.ndarray,
@@ -197,6 +315,14 @@ def evaluate_gate(
     failed: set[int] = set()
     drops = {k: ref_rec[k] - rec[k] for k in range(num_classes) if rec[k] is not None and ref_rec[k] is not None}
 
+    if not thresholds.allow_missing_rare:
+        for k in rare_ids:
+            if support[k] == 0:
+                failed.add(k)
+                reasons.append(
+                    f"rare class '{names[k]}': the check split{f' ({split})' if split else ''} holds no image of it "
+                    "(check.allow_missing_rare: true accepts this)"
+                )
     for k in rare_ids:
         if k in drops and drops[k] > thresholds.max_rare_recall_drop + 1e-12:
             failed.add(k)
@@ -213,9 +339,14 @@ def evaluate_gate(
         )
     if thresholds.max_class_recall_drop is not None:
         for k, d in drops.items():
-            if k not in rare_set and d > thresholds.max_class_recall_drop + 1e-12:
+            limit = max(thresholds.max_class_recall_drop, thresholds.class_flip_allowance / support[k])
+            if k not in rare_set and d > limit + 1e-12:
                 failed.add(k)
-                reasons.append(f"class '{names[k]}': recall drop {d:.3f} > {thresholds.max_class_recall_drop:g}")
+                reasons.append(
+                    f"class '{names[k]}': recall {ref_rec[k]:.3f} -> {rec[k]:.3f} (drop {d:.3f} > {limit:.3g}: "
+                    f"the larger of {thresholds.max_class_recall_drop:g} and {thresholds.class_flip_allowance} "
+                    f"of {int(support[k])} images)"
+                )
     ref_scores = scores(labels, ref_pred, num_classes, rare_ids)
     new_scores = scores(labels, pred, num_classes, rare_ids)
     bacc_drop = ref_scores.balanced_accuracy - new_scores.balanced_accuracy
@@ -238,6 +369,8 @@ def evaluate_gate(
             "(an fp32 artifact should match the student numerically)"
         )
 
+    cis = bootstrap_intervals(labels, ref_pred, pred, num_classes, resamples=thresholds.bootstrap,
+                              confidence=thresholds.confidence)
     rows = tuple(
         ClassRow(
             index=k,
@@ -249,6 +382,8 @@ def evaluate_gate(
             right_to_wrong=int(r2w[k]),
             wrong_to_right=int(w2r[k]),
             failed=k in failed,
+            drop_ci=cis.class_drops[k] if cis else None,
+            mcnemar_p=sign_test_p(int(r2w[k]), int(w2r[k])) if support[k] else None,
         )
         for k in range(num_classes)
     )
@@ -271,6 +406,9 @@ def evaluate_gate(
         thresholds=asdict(thresholds),
         runtime_info=dict(runtime_info or {}),
         parity_checked=check_parity,
+        balanced_accuracy_drop_ci=cis.balanced_accuracy_drop if cis else None,
+        flip_rate_ci=cis.flip_rate if cis else None,
+        notes=resolution_notes(cis, support, names, rare_ids, thresholds) if cis else (),
     )
 
 
@@ -278,8 +416,18 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
+def _ci(iv: Interval | None, sign: float = 1.0) -> str:
+    return "n/a" if iv is None else _points(iv, sign, "+.1f")
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
+
+
 def render_markdown(r: GateReport) -> str:
-    """The check report: verdict, reasons, summary and one row per class."""
+    """The check report: verdict, reasons, resolution notes, summary and one row per class."""
+    conf = f"{100 * r.thresholds.get('confidence', 0.95):g} %"
+    flip_rate = r.flips.total / r.num_images if r.num_images else 0.0
     lines = [
         f"# Check: {r.step} — {r.status}",
         "",
@@ -288,11 +436,13 @@ def render_markdown(r: GateReport) -> str:
         + "".join(f"; {k}: {v}" for k, v in r.runtime_info.items() if not isinstance(v, (dict, list))),
         f"- check split: {r.split}, {r.num_images} images, compared image by image with the PyTorch student",
         f"- balanced accuracy: {_pct(r.reference.balanced_accuracy)} -> {_pct(r.candidate.balanced_accuracy)} %"
-        f" (drop {100 * r.balanced_accuracy_drop:.2f} pt)",
+        f" (drop {100 * r.balanced_accuracy_drop:.2f} pt"
+        + (f", {conf} CI {_ci(r.balanced_accuracy_drop_ci)} pt)" if r.balanced_accuracy_drop_ci else ")"),
         f"- rare-class recall (mean): {_pct(r.reference.rare_recall)} -> {_pct(r.candidate.rare_recall)} %",
         f"- flips: {r.flips.total} changed ({r.flips.right_to_wrong} right->wrong, {r.flips.wrong_to_right} "
         f"wrong->right); rare-class images: {r.flips.rare_total} changed ({r.flips.rare_right_to_wrong} right->wrong, "
-        f"{r.flips.rare_wrong_to_right} wrong->right)",
+        f"{r.flips.rare_wrong_to_right} wrong->right); flip rate {_pct(flip_rate)} %"
+        + (f" ({conf} CI {_points(r.flip_rate_ci)} %)" if r.flip_rate_ci else ""),
         f"- parity: max |logit diff| {r.parity.max_abs_logit_diff:.3g}, mean {r.parity.mean_abs_logit_diff:.3g}, "
         f"argmax agreement {100 * r.parity.argmax_agreement:.1f} %",
     ]
@@ -301,27 +451,35 @@ def render_markdown(r: GateReport) -> str:
     if r.reasons:
         lines += ["", "## Why it failed", ""] + [f"- {x}" for x in r.reasons]
         lines.append(f"- failing classes: {', '.join(r.failing_classes) or '(none: a global threshold)'}")
+    if r.notes:
+        lines += ["", "## Resolution", ""] + [f"- {x}" for x in r.notes]
     lines += [
         "",
         "## Per class",
         "",
-        "| class | rare | images | recall PyTorch % | recall artifact % | Δ pt | right→wrong | wrong→right | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| class | rare | images | recall PyTorch % | recall artifact % | Δ pt | Δ {conf} CI | right→wrong "
+        "| wrong→right | McNemar p | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in r.classes:
         delta = "n/a" if c.delta is None else f"{100 * c.delta:+.1f}"
         lines.append(
             f"| {c.name} | {'yes' if c.rare else ''} | {c.support} | {_pct(c.reference_recall)} | {_pct(c.recall)} | "
-            f"{delta} | {c.right_to_wrong} | {c.wrong_to_right} | {'FAIL' if c.failed else ('—' if c.support == 0 else 'ok')} |"
+            f"{delta} | {_ci(c.drop_ci, -1.0)} | {c.right_to_wrong} | {c.wrong_to_right} | {_p(c.mcnemar_p)} | "
+            f"{'FAIL' if c.failed else ('—' if c.support == 0 else 'ok')} |"
         )
     t = r.thresholds
     lines += [
         "",
         "Thresholds: max balanced-accuracy drop {}, max rare right→wrong flips {}, max rare recall drop {}, "
-        "max non-rare recall drop {}, max flip rate {}, fp32 max |logit diff| {}{}.".format(
+        "rare class without images {}, max non-rare recall drop {} (or {} image(s) of the class), max flip rate {}, "
+        "fp32 max |logit diff| {}{}. Intervals: paired bootstrap stratified by class, {} resamples; the verdict "
+        "uses the point estimates.".format(
             t.get("max_balanced_accuracy_drop"), t.get("max_rare_right_to_wrong"), t.get("max_rare_recall_drop"),
-            t.get("max_class_recall_drop"), t.get("max_flip_rate"), t.get("max_fp32_logit_diff"),
-            "" if r.parity_checked else " (not applied to this step)",
+            "allowed" if t.get("allow_missing_rare") else "fails",
+            t.get("max_class_recall_drop"), t.get("class_flip_allowance"), t.get("max_flip_rate"),
+            t.get("max_fp32_logit_diff"), "" if r.parity_checked else " (not applied to this step)",
+            t.get("bootstrap") or "0 (off)",
         ),
         "",
     ]

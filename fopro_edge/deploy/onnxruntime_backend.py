@@ -220,6 +220,32 @@ def choose_activation_type(
     return ActivationChoice(chosen, reason, timings, cpu_name(), threads)
 
 
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def int8_weighted_ops(path: str | Path) -> tuple[int, int]:
+    """``(quantized, total)``: weighted ops whose constant weight comes through DequantizeLinear, of
+    all weighted ops with a constant weight."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    consts = {i.name for i in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    producer = {o: n for n in g.node for o in n.output}
+    quantized = total = 0
+    for node in g.node:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+            continue
+        src = producer.get(node.input[1])
+        if src is not None and src.op_type == "DequantizeLinear":
+            q = producer.get(src.input[0])
+            weight = src.input[0] in consts or (q is not None and q.op_type == "QuantizeLinear" and q.input[0] in consts)
+            quantized += weight
+            total += weight
+        elif node.input[1] in consts:
+            total += 1
+    return quantized, total
+
+
 # --------------------------------------------------------------------------- TensorRT QDQ rules
 
 

@@ -91,6 +91,7 @@ class NNCFSettings:
     ignored_types: tuple[str, ...] = ()
     ignored_patterns: tuple[str, ...] = ()
     ignored_onnx_nodes: tuple[str, ...] = ()  # the most sensitive nodes, from the ranking
+    overflow_fix: str = "first_layer_only"  # enable: 7-bit weights everywhere (CPUs without VNNI) | first_layer_only | disable
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,18 +104,19 @@ def _ignored_scope(s: NNCFSettings):
     patterns += [re.escape(n) + r"(/.*)?" for n in s.ignored_onnx_nodes]
     if not patterns and not s.ignored_types:
         return None
-    return nncf.IgnoredScope(patterns=patterns, types=list(s.ignored_types), validate=False)
+    return nncf.IgnoredScope(patterns=patterns, types=list(s.ignored_types), validate=True)
 
 
 def _advanced(s: NNCFSettings):
-    if s.range_estimator == "default":
-        return None
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    est = {"minmax": RangeEstimatorParametersSet.MINMAX, "mean_minmax": RangeEstimatorParametersSet.MEAN_MINMAX,
-           "mean_quantile": RangeEstimatorParametersSet.MEAN_QUANTILE}[s.range_estimator]
-    return AdvancedQuantizationParameters(activations_range_estimator_params=est)
+    kwargs: dict[str, Any] = {"overflow_fix": OverflowFix(s.overflow_fix)}
+    if s.range_estimator != "default":
+        kwargs["activations_range_estimator_params"] = {
+            "minmax": RangeEstimatorParametersSet.MINMAX, "mean_minmax": RangeEstimatorParametersSet.MEAN_MINMAX,
+            "mean_quantile": RangeEstimatorParametersSet.MEAN_QUANTILE}[s.range_estimator]
+    return AdvancedQuantizationParameters(**kwargs)
 
 
 def quantize_ir(
@@ -201,6 +203,44 @@ def quantize_ir_with_accuracy_control(
             "max_drop": max_drop, "validation_images": int(len(val_images))}
     _set_rt_info(q, {**metadata, "weights_precision": "int8", "nncf_subset_size": subset})
     return _save(q, Path(xml_path), compress_to_fp16=False, target_precision="int8", parent=parent, metadata=meta)
+
+
+def save_ir(model: Any, xml_path: str | Path, *, metadata: Mapping[str, Any], parent: str | None,
+            artifact_metadata: Mapping[str, Any]) -> ModelArtifact:
+    """An INT8 OpenVINO model (e.g. converted from a fake-quantized PyTorch model) saved as IR."""
+    _set_rt_info(model, {**metadata, "weights_precision": "int8"})
+    return _save(model, Path(xml_path), compress_to_fp16=False, target_precision="int8", parent=parent,
+                 metadata=dict(artifact_metadata))
+
+
+_WEIGHTED = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"})
+_PASS_THROUGH = frozenset({"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "Unsqueeze", "Squeeze"})
+_INT_TYPES = frozenset({"i8", "u8", "i4", "u4"})
+
+
+def int8_weighted_ops(xml_path: str | Path) -> tuple[int, int]:
+    """``(quantized, total)``: weighted ops of an IR whose constant weight is stored in int8 or
+    passes a FakeQuantize, of all weighted ops with a constant weight."""
+    model = _ov().Core().read_model(str(xml_path))
+    quantized = total = 0
+    for op in model.get_ops():
+        if op.get_type_name() not in _WEIGHTED or op.get_input_size() < 2:
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() in _PASS_THROUGH:
+            node = node.input_value(0).get_node()
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            source = node.input_value(0).get_node()
+            while source.get_type_name() in _PASS_THROUGH:
+                source = source.input_value(0).get_node()
+            if source.get_type_name() == "Constant":
+                quantized += 1
+                total += 1
+        elif kind == "Constant":
+            total += 1
+            quantized += node.get_output_element_type(0).get_type_name() in _INT_TYPES
+    return quantized, total
 
 
 def read_rt_info(xml_path: str | Path, section: Sequence[str] = ("fopro_edge",)) -> dict[str, str]:

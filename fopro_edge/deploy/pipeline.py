@@ -27,15 +27,17 @@ from fopro_edge.deploy.calibration import (
     save_calibration,
     select_calibration,
 )
+from fopro_edge.deploy.cpu_target import int8_scheme
+from fopro_edge.deploy.int8 import Int8Backend, int8_step
 from fopro_edge.deploy.gate import GateReport, evaluate_gate
-from fopro_edge.deploy.repair import Outcome, RepairLog, TryPlan, plan_repairs, run_tries
+from fopro_edge.deploy.repair import RepairLog
 from fopro_edge.deploy.runners import OpenVINORunner, OrtRunner, Runner, TensorRTRunner, TorchRunner, predict
-from fopro_edge.errors import ConfigError, GateFailedError, MissingDependencyError
+from fopro_edge.errors import ConfigError, GateFailedError, MissingDependencyError, UnverifiedError
 from fopro_edge.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-PASSED, FAILED, NOT_RUN = "PASSED", "FAILED", "NOT_RUN"
+PASSED, FAILED, UNVERIFIED = "PASSED", "FAILED", "UNVERIFIED"  # UNVERIFIED: made, but not run here (no GPU)
 
 
 # --------------------------------------------------------------------------- results
@@ -45,19 +47,25 @@ PASSED, FAILED, NOT_RUN = "PASSED", "FAILED", "NOT_RUN"
 class StepResult:
     name: str
     title: str
-    status: str  # PASSED | FAILED | NOT_RUN
+    status: str  # PASSED | FAILED | UNVERIFIED
     directory: Path
     artifact: ModelArtifact | None = None
-    gate: GateReport | None = None
+    gate: GateReport | None = None  # on the check (selection) split
     repair: RepairLog | None = None
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    confirmation: GateReport | None = None  # the kept artifact, once, on images no try was scored on
+
+    @property
+    def failed_gate(self) -> GateReport | None:
+        return next((g for g in (self.gate, self.confirmation) if g is not None and not g.passed), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "title": self.title, "status": self.status, "directory": str(self.directory),
             "artifact": self.artifact.to_dict() if self.artifact else None,
             "gate": self.gate.to_dict() if self.gate else None,
+            "confirmation": self.confirmation.to_dict() if self.confirmation else None,
             "repair": self.repair.to_dict() if self.repair else None,
             "notes": list(self.notes), "extra": self.extra,
         }
@@ -76,8 +84,14 @@ class ExportResult:
     notes: tuple[str, ...] = ()
 
     @property
+    def status(self) -> str:
+        """FAILED if a step failed, else UNVERIFIED if a step could not be run here, else PASSED."""
+        statuses = {s.status for s in self.steps}
+        return FAILED if FAILED in statuses else UNVERIFIED if UNVERIFIED in statuses else PASSED
+
+    @property
     def passed(self) -> bool:
-        return all(s.status != FAILED for s in self.steps)
+        return self.status == PASSED
 
     @property
     def failed_step(self) -> StepResult | None:
@@ -89,11 +103,15 @@ class ExportResult:
         return next((s for s in reversed(self.steps) if s.artifact is not None), None)
 
     def raise_for_gate(self) -> None:
-        """Raise :class:`GateFailedError` (exit code 5) naming the step and the failing classes."""
+        """Raise :class:`GateFailedError` (exit code 5) naming the step and the failing classes, or
+        :class:`UnverifiedError` (exit code 6) when a step could not be run here."""
         s = self.failed_step
         if s is None:
+            unverified = [x for x in self.steps if x.status == UNVERIFIED]
+            if unverified:
+                raise UnverifiedError(f"step '{unverified[0].name}' is UNVERIFIED: {unverified[0].notes[0] if unverified[0].notes else 'it was not run here'}")
             return
-        g = s.gate
+        g = s.failed_gate
         classes = ", ".join(g.failing_classes) if g and g.failing_classes else "(a global threshold)"
         why = g.reasons[0] if g and g.reasons else "see the check report"
         where = s.artifact.path if s.artifact else s.directory
@@ -114,14 +132,14 @@ class ExportResult:
                 "bal_acc": f"{100 * g.reference.balanced_accuracy:.1f}->{100 * g.candidate.balanced_accuracy:.1f}" if g else "-",
                 "rare_recall": (f"{_pct(g.reference.rare_recall)}->{_pct(g.candidate.rare_recall)}" if g else "-"),
                 "flips": f"{g.flips.total} (rare r->w {g.flips.rare_right_to_wrong})" if g else "-",
-                "status": {PASSED: "PASS", FAILED: "FAIL"}.get(s.status, "NOT RUN"),
+                "status": {PASSED: "PASS", FAILED: "FAIL"}.get(s.status, s.status),
             })
         return rows
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target, "precision": self.precision, "passed": self.passed,
-            "status": PASSED if self.passed else FAILED, "out_dir": str(self.out_dir),
+            "status": self.status, "out_dir": str(self.out_dir),
             "checkpoint": str(self.checkpoint), "checkpoint_sha256": self.checkpoint_sha256,
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "steps": [s.to_dict() for s in self.steps], "notes": list(self.notes), "profile": self.profile,
@@ -196,7 +214,7 @@ class ExportContext:
 
         self.target, self.profile, self.out = target, profile, out_dir
         self.student, self.info = load_student(checkpoint)
-        recipe = recipe_from_dict(self.info.recipe, source=f"{checkpoint} (embedded recipe)", check_paths=False)
+        self.recipe = recipe = recipe_from_dict(self.info.recipe, source=f"{checkpoint} (embedded recipe)", check_paths=False)
         self.splits = build_splits(recipe.data, recipe.seed)
         if list(self.splits.class_names) != list(self.info.class_names):
             raise ConfigError(
@@ -214,7 +232,49 @@ class ExportContext:
             self.reference = predict(ref, self.check.batches())
         log.info("check split '%s': %d images; PyTorch student computed", gate.split, len(self.check))
         self._cal_cache: dict[int, tuple[CalibrationSet, np.ndarray]] = {}
+        self._confirm: tuple[str, CheckImages, np.ndarray] | None = None
         self.base_calibration: CalibrationSet | None = None
+
+    # -- the split for the one confirmation of a kept artifact (None: off or empty)
+    @property
+    def confirm_split(self) -> str | None:
+        gate = self.profile.check
+        split = {"auto": "test" if gate.split == "val" else "val", "none": None}.get(gate.confirm_split, gate.confirm_split)
+        if split is None or split == gate.split or len(self.splits.split(split)) == 0:
+            return None
+        return split
+
+    def confirm(self, runner: Runner, *, step: str, artifact: Path) -> GateReport | None:
+        """The kept artifact's gate on the confirmation split (images that no try was scored on)."""
+        split = self.confirm_split
+        if split is None:
+            return None
+        if self._confirm is None:
+            gate = self.profile.check
+            images = CheckImages(self.splits.split(split), self.info.image_size, batch_size=gate.batch_size,
+                                 max_images=gate.max_images)
+            with TorchRunner(self.student, threads=self.profile.threads) as ref:
+                self._confirm = (split, images, predict(ref, images.batches()))
+        _, images, reference = self._confirm
+        logits = predict(runner, images.batches(), self.profile.check.batch_size)
+        report = evaluate_gate(
+            images.labels, reference, logits, self.class_names, self.rare, self.profile.check,
+            step=f"{step} (confirmation)", artifact=_rel(artifact, self.out), runtime=runner.name,
+            precision=runner.precision, split=split, check_parity=False, runtime_info=runner.info,
+        )
+        log.info("confirmation %s on %s: %s (bal. acc %.4f -> %.4f, rare r->w %d)", step, split, report.status,
+                 report.reference.balanced_accuracy, report.candidate.balanced_accuracy, report.flips.rare_right_to_wrong)
+        return report
+
+    def selection_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Images, labels and PyTorch logits of the check (selection) split."""
+        return np.concatenate(list(self.check.batches())), self.check.labels, self.reference
+
+    def ranking_images(self) -> np.ndarray:
+        """Class-stratified train images, every rare class in, for ranking layer sensitivity."""
+        cal = select_calibration(self.splits.train.labels, self.class_names, self.rare,
+                                 self.profile.repair.ranking_images, self.profile.calibration.seed + 2)
+        return load_images(self.splits.train, cal.indices, self.info.image_size)
 
     # -- gate
     def gate(self, runner: Runner, *, step: str, artifact: Path, check_parity: bool) -> GateReport:
@@ -257,9 +317,10 @@ class ExportContext:
     # -- step bookkeeping
     def finish_step(self, name: str, title: str, d: Path, artifact: ModelArtifact | None, gate: GateReport | None, *,
                     repair: RepairLog | None = None, notes: tuple[str, ...] = (), extra: dict[str, Any] | None = None,
-                    status: str | None = None) -> StepResult:
-        status = status or (NOT_RUN if gate is None else gate.status)
-        step = StepResult(name, title, status, d, artifact, gate, repair, tuple(notes), dict(extra or {}))
+                    status: str | None = None, confirmation: GateReport | None = None) -> StepResult:
+        if status is None:
+            status = UNVERIFIED if gate is None else PASSED if gate.passed and (confirmation is None or confirmation.passed) else FAILED
+        step = StepResult(name, title, status, d, artifact, gate, repair, tuple(notes), dict(extra or {}), confirmation)
         d.mkdir(parents=True, exist_ok=True)
         marker = d / "FAILED"
         if status == FAILED:
@@ -270,6 +331,9 @@ class ExportContext:
         if gate is not None:
             atomic_write_json(d / "check.json", {"status": status, **step.to_dict()})
             md = gate.to_markdown()
+            if confirmation is not None:
+                md += (f"\n## Confirmation: the kept artifact on the {confirmation.split} split (no try was scored on it)\n\n"
+                       + confirmation.to_markdown().split("\n", 1)[1])
             if repair is not None:
                 md += "\n## Repair\n\n" + repair.to_markdown()
             if notes:
@@ -293,101 +357,69 @@ def _step_onnx(x: ExportContext, *, name: str = "onnx", title: str = "ONNX fp32 
     return x.finish_step(name, title, d, art, report, extra={"opset": p.opset, "fft_ops": 0, "onnx_checker": "passed"})
 
 
-def _keep(chosen: ModelArtifact, final: Path, d: Path, pattern: str) -> ModelArtifact:
-    """Move the kept try's files to their final names and delete the other tries."""
-    moved = []
-    for f in chosen.files:
-        dst = final.with_suffix(f.suffix) if f != chosen.path else final
-        if f != dst:
-            shutil.move(str(f), str(dst))
-        moved.append(dst)
-    for f in d.glob(pattern):
-        f.unlink(missing_ok=True)
-    return ModelArtifact.from_files(moved[0], chosen.target, chosen.precision, extra_files=moved[1:],
-                                    parent=chosen.parent, metadata=chosen.metadata)
-
-
-def _ort_quant_step(x: ExportContext, onnx_step: StepResult, *, name: str, title: str, symmetric: bool) -> StepResult:
-    """ORT static QDQ with repair; ``symmetric``: TensorRT explicit-quantization rules."""
+def _ort_backend(x: ExportContext, onnx_step: StepResult, *, name: str, title: str, symmetric: bool,
+                 scheme: Any) -> Int8Backend:
+    """ONNX Runtime static QDQ; ``symmetric``: TensorRT explicit-quantization rules."""
     from fopro_edge.deploy import onnxruntime_backend as ob
+    from fopro_edge.deploy.onnx_backend import copy_metadata
 
     p = x.profile
     d = x.out / name
     d.mkdir(parents=True, exist_ok=True)
     src = onnx_step.artifact.path
-    pre = d / "model.pre.onnx"
-    ob.preprocess(src, pre)
-    cal, images = x.calibration()
+    pre = ob.preprocess(src, d / "model.pre.onnx")
     fixed = not p.dynamic_batch
     bs = p.batch_size if fixed else p.calibration.batch_size
     notes: list[str] = []
-    extra: dict[str, Any] = {"calibration": {"count": len(cal), "class_counts": cal.class_counts,
-                                             "rare_missing": list(cal.rare_missing)}}
-    if cal.rare_missing:
-        notes.append(f"the first calibration set ({cal.source}) holds no image of rare class(es) {', '.join(cal.rare_missing)}")
     if symmetric:
         base = ob.QuantSettings(method=p.calibration.method, activation_type="s8", per_channel=True, symmetric=True,
                                 op_types=tuple(p.quantize_op_types))
     else:
         q = p.quantization
-        base = ob.QuantSettings(method=p.calibration.method, per_channel=q.per_channel, reduce_range=q.reduce_range,
-                                activation_type=q.activation_type if q.activation_type != "auto" else "u8")
-        if q.activation_type == "auto":
+        reduce = scheme.reduce_range if q.reduce_range == "auto" else bool(q.reduce_range)
+        act = scheme.ort_activation if q.activation_type == "auto" else q.activation_type
+        base = ob.QuantSettings(method=p.calibration.method, per_channel=q.per_channel, reduce_range=reduce,
+                                activation_type=act or "u8")
+        if act is None:  # a VNNI CPU deploys what this VNNI CPU measures fastest
+            _, images = x.calibration()
             choice = ob.choose_activation_type(pre, d, images, base, threads=p.threads, runs=q.timing_runs,
                                                warmup=q.timing_warmup, batch_size=bs, fixed_batch=fixed, float_path=src)
             base = ob.QuantSettings(**{**base.to_dict(), "activation_type": choice.chosen})
-            extra["activation_choice"] = choice.to_dict()
             notes.append(choice.reason)
-    ranking: list[tuple[str, float]] = []
+        elif q.activation_type == "auto":
+            notes.append(f"{act} activations: the fast, exact format on the deployment CPU ({scheme.deploy_cpu})")
 
-    def make(plan: TryPlan, best: Outcome | None, n: int) -> Outcome:
-        prev = best.settings if best else {}
-        size = plan.calibration_size or prev.get("calibration_size")
-        c, imgs = x.calibration(size)
-        settings = ob.QuantSettings(**{**base.to_dict(), "method": plan.method or prev.get("method", base.method)})
-        if plan.float_layers:
-            if not ranking:
-                ranking.extend(ob.rank_sensitive_nodes(pre, best.artifact.path, imgs[: p.repair.ranking_images]))
-                extra["sensitivity_ranking"] = [{"node": k, "sqnr_loss_db": round(v, 3)} for k, v in ranking[:20]]
-            settings = ob.QuantSettings(**{**settings.to_dict(),
-                                           "nodes_to_exclude": tuple(k for k, _ in ranking[: plan.float_layers])})
-        art = ob.quantize_qdq(pre, d / f"try-{n}.onnx", imgs, settings, batch_size=bs, fixed_batch=fixed,
+    def quantize(settings: dict[str, Any], images: np.ndarray, path: Path, _ac: bool) -> ModelArtifact:
+        art = ob.quantize_qdq(pre, path, images, ob.QuantSettings(**settings), batch_size=bs, fixed_batch=fixed,
                               metadata_source=src, target=x.target)
-        art = replace(art, parent=onnx_step.artifact.sha256)
-        if symmetric:
-            ob.assert_trt_qdq(art.path)
-        with OrtRunner(art.path, precision="int8", threads=p.threads) as r:
-            report = x.gate(r, step=name, artifact=art.path, check_parity=False)
-        return Outcome(art, report, {**settings.to_dict(), "calibration_size": size, "calibration_source": c.source},
-                       len(c))
+        return replace(art, parent=onnx_step.artifact.sha256)
 
-    plans = plan_repairs(len(cal), len(x.splits.train), size_factor=p.repair.calibration_size_factor,
-                         methods=p.repair.methods, base_method=base.method, float_layers=p.repair.float_layers,
-                         max_tries=p.repair.max_tries)
-    label = (f"{base.method}, {base.activation_type} activations{' (symmetric)' if symmetric else ''}, "
-             f"{'per-channel' if base.per_channel else 'per-tensor'} weights")
-    best, rlog = run_tries(label, make, plans, enabled=p.repair.enabled)
-    art = _keep(best.artifact, d / "model.onnx", d, "try-*.onnx")
-    best = replace(best, report=replace(best.report, artifact=_rel(art.path, x.out)))
-    pre.unlink(missing_ok=True)
-    _record_repaired_calibration(x, d, best, notes, extra)
-    if symmetric:
-        extra["tensorrt_qdq_rules"] = "passed: int8 Q/DQ, zero points 0, per-tensor activations, per-channel weights on the output axis, float bias"
-    extra["settings"] = best.settings
-    return x.finish_step(name, title, d, art, best.report, repair=rlog if len(rlog.attempts) > 1 else None,
-                         notes=tuple(notes), extra=extra)
+    def rank(images: np.ndarray) -> list[tuple[str, float]]:
+        probe = d / "rank.qdq.onnx"
+        try:
+            ob.quantize_qdq(pre, probe, images, base, batch_size=bs, fixed_batch=fixed)
+            return ob.rank_sensitive_nodes(pre, probe, images)
+        finally:
+            probe.unlink(missing_ok=True)
 
+    def from_qat(model: Any, path: Path) -> ModelArtifact:
+        from fopro_edge.deploy import qat
 
-def _record_repaired_calibration(x: ExportContext, d: Path, best: Outcome, notes: list[str], extra: dict[str, Any]) -> None:
-    """When the kept try used another calibration set than the shared one, save and report it."""
-    size = best.settings.get("calibration_size")
-    if size is None:
-        return
-    used, _ = x.calibration(size)
-    save_calibration(d / "calibration.json", used, {"note": "the repair kept this larger calibration set"})
-    extra["calibration"] = {"count": len(used), "class_counts": used.class_counts, "rare_missing": list(used.rare_missing)}
-    notes.append(f"the repair kept a larger rare-stratified calibration set: {len(used)} images "
-                 f"(saved in {d.name}/calibration.json; rare classes missing: {', '.join(used.rare_missing) or 'none'})")
+        qat.export_qdq_onnx(model, x.info, path, opset=p.opset, dynamic_batch=p.dynamic_batch, batch_size=p.batch_size)
+        copy_metadata(src, path, {"fopro_edge.precision": "int8", "fopro_edge.quantization": "qat-kd (NNCF)"})
+        return ModelArtifact.from_files(path, x.target, "int8", parent=onnx_step.artifact.sha256,
+                                        metadata={"method": "qat-kd", "format": "QDQ"})
+
+    label = (f"PTQ {base.method}, {base.activation_type} activations{' (symmetric)' if symmetric else ''}, "
+             f"{'per-channel' if base.per_channel else 'per-tensor'} {'7-bit' if base.reduce_range else '8-bit'} weights")
+    return Int8Backend(
+        step=name, title=title, suffix=".onnx", base_label=label, base=base.to_dict(), method_key="method",
+        exclude_key="nodes_to_exclude", quantize=quantize, rank=rank, coverage=ob.int8_weighted_ops,
+        runner=lambda path: OrtRunner(path, precision="int8", threads=p.threads),
+        from_qat=None if symmetric else from_qat, qat_preset="performance" if base.activation_type == "s8" else "mixed",
+        check=ob.assert_trt_qdq if symmetric else (lambda path: None), methods=tuple(p.repair.methods), notes=notes,
+        cleanup=(pre,),
+    )
 
 
 def _flow_onnx(x: ExportContext) -> list[StepResult]:
@@ -397,7 +429,9 @@ def _flow_onnx(x: ExportContext) -> list[StepResult]:
 def _flow_onnxruntime(x: ExportContext) -> list[StepResult]:
     steps = [_step_onnx(x)]
     if x.profile.precision == "int8" and steps[-1].status == PASSED:
-        steps.append(_ort_quant_step(x, steps[0], name="int8", title="ONNX Runtime INT8 static QDQ", symmetric=False))
+        scheme = int8_scheme(x.profile.quantization.deploy_cpu)
+        b = _ort_backend(x, steps[0], name="int8", title="ONNX Runtime INT8 static QDQ", symmetric=False, scheme=scheme)
+        steps.append(int8_step(x, steps[0], b, scheme))
     return steps
 
 
@@ -405,6 +439,47 @@ def _ov_runner(x: ExportContext, path: Path, precision: str) -> OpenVINORunner:
     p = x.profile
     return OpenVINORunner(path, precision=precision, inference_precision=p.inference_precision, threads=p.threads,
                           performance_hint=p.performance_hint, device=p.device)
+
+
+def _ov_backend(x: ExportContext, onnx_step: StepResult, scheme: Any) -> Int8Backend:
+    from fopro_edge.deploy import openvino_backend as vb
+
+    p = x.profile
+    n = p.nncf
+    src = onnx_step.artifact.path
+    meta = {**x.base_metadata(src), "fopro_edge.inference_precision_hint": p.inference_precision}
+    parent = onnx_step.artifact.sha256
+    base = vb.NNCFSettings(preset=n.preset, fast_bias_correction=n.fast_bias_correction,
+                           range_estimator=n.range_estimator, ignored_types=tuple(n.ignored_types),
+                           ignored_patterns=tuple(n.ignored_patterns),
+                           overflow_fix=scheme.overflow_fix if n.overflow_fix == "auto" else n.overflow_fix)
+
+    def quantize(settings: dict[str, Any], images: np.ndarray, path: Path, accuracy_control: bool) -> ModelArtifact:
+        s = vb.NNCFSettings(**settings)
+        if accuracy_control:
+            vimgs, vlabels = _accuracy_control_images(x, n.accuracy_control_images)
+            return vb.quantize_ir_with_accuracy_control(
+                src, path, images, vimgs, vlabels, s, class_names=x.class_names, rare_ids=x.rare_ids,
+                max_drop=n.max_drop, metadata=meta, inference_precision=p.inference_precision, parent=parent)
+        return vb.quantize_ir(src, path, images, s, metadata=meta, parent=parent)
+
+    def from_qat(model: Any, path: Path) -> ModelArtifact:
+        from fopro_edge.deploy import qat
+
+        return vb.save_ir(qat.to_openvino(model, x.info.image_size), path, metadata={**meta, "quantization": "qat-kd (NNCF)"},
+                          parent=parent, artifact_metadata={"method": "qat-kd"})
+
+    label = (f"nncf.{'quantize_with_accuracy_control' if n.accuracy_control else 'quantize'} preset {n.preset}, "
+             f"range estimator {n.range_estimator}, overflow fix {base.overflow_fix}")
+    return Int8Backend(
+        step="ir-int8", title="OpenVINO IR INT8 (NNCF)", suffix=".xml", base_label=label, base=base.to_dict(),
+        method_key="range_estimator", exclude_key="ignored_onnx_nodes", quantize=quantize,
+        rank=lambda images: _rank_for_openvino(x, src, x.out / "ir-int8", images), coverage=vb.int8_weighted_ops,
+        runner=lambda path: _ov_runner(x, path, "int8"), from_qat=from_qat, qat_preset="performance",
+        methods=tuple(p.repair.range_estimators), accuracy_control=p.repair.accuracy_control and not n.accuracy_control,
+        accuracy_control_first=n.accuracy_control,
+        report_notes=lambda report: [_ov_precision_note(report.runtime_info)],
+    )
 
 
 def _flow_openvino(x: ExportContext) -> list[StepResult]:
@@ -415,8 +490,8 @@ def _flow_openvino(x: ExportContext) -> list[StepResult]:
     if steps[-1].status != PASSED:
         return steps
     src = steps[0].artifact.path
-    meta = {**x.base_metadata(src), "fopro_edge.inference_precision_hint": p.inference_precision}
     if p.precision in ("fp32", "fp16"):
+        meta = {**x.base_metadata(src), "fopro_edge.inference_precision_hint": p.inference_precision}
         name = f"ir-{p.precision}"
         d = x.out / name
         art = vb.convert_ir(src, d / "model.xml", precision=p.precision, metadata=meta, parent=steps[0].artifact.sha256)
@@ -427,65 +502,8 @@ def _flow_openvino(x: ExportContext) -> list[StepResult]:
         steps.append(x.finish_step(name, f"OpenVINO IR {p.precision}", d, art, report, notes=(note,),
                                    extra={"inference_precision": report.runtime_info.get("inference_precision")}))
         return steps
-
-    name = "ir-int8"
-    d = x.out / name
-    d.mkdir(parents=True, exist_ok=True)
-    cal, _ = x.calibration()
-    n = p.nncf
-    base = vb.NNCFSettings(preset=n.preset, fast_bias_correction=n.fast_bias_correction,
-                           range_estimator=n.range_estimator, ignored_types=tuple(n.ignored_types),
-                           ignored_patterns=tuple(n.ignored_patterns))
-    ranking: list[tuple[str, float]] = []
-    extra: dict[str, Any] = {"calibration": {"count": len(cal), "class_counts": cal.class_counts,
-                                             "rare_missing": list(cal.rare_missing)}}
-
-    def make(plan: TryPlan, best: Outcome | None, k: int) -> Outcome:
-        prev = best.settings if best else {}
-        size = plan.calibration_size or prev.get("calibration_size")
-        c, imgs = x.calibration(size)
-        s = vb.NNCFSettings(**{**base.to_dict(), "range_estimator": plan.method or prev.get("range_estimator", base.range_estimator)})
-        if plan.float_layers:
-            if not ranking:
-                ranking.extend(_rank_for_openvino(x, src, d, imgs))
-                extra["sensitivity_ranking"] = [{"node": a, "sqnr_loss_db": round(v, 3)} for a, v in ranking[:20]]
-            s = vb.NNCFSettings(**{**s.to_dict(), "ignored_onnx_nodes": tuple(a for a, _ in ranking[: plan.float_layers])})
-        path = d / f"try-{k}.xml"
-        use_ac = plan.accuracy_control or (best is None and n.accuracy_control)
-        if use_ac:
-            vimgs, vlabels = _accuracy_control_images(x, n.accuracy_control_images)
-            art = vb.quantize_ir_with_accuracy_control(
-                src, path, imgs, vimgs, vlabels, s, class_names=x.class_names, rare_ids=x.rare_ids,
-                max_drop=n.max_drop, metadata=meta, inference_precision=p.inference_precision,
-                parent=steps[0].artifact.sha256)
-        else:
-            art = vb.quantize_ir(src, path, imgs, s, metadata=meta, parent=steps[0].artifact.sha256)
-        with _ov_runner(x, art.path, "int8") as r:
-            report = x.gate(r, step=name, artifact=art.path, check_parity=False)
-        return Outcome(art, report, {**s.to_dict(), "calibration_size": size, "subset_size": len(imgs),
-                                     "accuracy_control": use_ac}, len(c))
-
-    r = p.repair
-    plans = plan_repairs(len(cal), len(x.splits.train), size_factor=r.calibration_size_factor,
-                         methods=r.range_estimators, base_method=base.range_estimator, float_layers=r.float_layers,
-                         accuracy_control=r.accuracy_control and not n.accuracy_control, max_tries=r.max_tries)
-    plans = [TryPlan(pl.label.replace("calibration method", "range estimator"), pl.calibration_size, pl.method,
-                     pl.float_layers, pl.accuracy_control) for pl in plans]
-    label = (f"nncf.{'quantize_with_accuracy_control' if n.accuracy_control else 'quantize'} preset {n.preset}, "
-             f"range estimator {n.range_estimator}, subset_size={len(cal)}")
-    best, rlog = run_tries(label, make, plans, enabled=r.enabled)
-    art = _keep(best.artifact, d / "model.xml", d, "try-*")
-    best = replace(best, report=replace(best.report, artifact=_rel(art.path, x.out)))
-    ov_notes: list[str] = []
-    _record_repaired_calibration(x, d, best, ov_notes, extra)
-    extra.update({"settings": best.settings, "nncf_subset_size": best.settings.get("subset_size"),
-                  "inference_precision": best.report.runtime_info.get("inference_precision")})
-    steps.append(x.finish_step(name, "OpenVINO IR INT8 (NNCF)", d, art, best.report,
-                               repair=rlog if len(rlog.attempts) > 1 else None,
-                               notes=(_ov_precision_note(best.report.runtime_info),
-                                      f"NNCF subset_size={best.settings.get('subset_size')} (= the calibration count, passed explicitly)",
-                                      *ov_notes),
-                               extra=extra))
+    scheme = int8_scheme(p.quantization.deploy_cpu)
+    steps.append(int8_step(x, steps[0], _ov_backend(x, steps[0], scheme), scheme))
     return steps
 
 
@@ -507,18 +525,23 @@ def _rank_for_openvino(x: ExportContext, src: Path, d: Path, images: np.ndarray)
     try:
         ob.preprocess(src, pre)
         ob.quantize_qdq(pre, probe, images, ob.QuantSettings(), batch_size=x.profile.calibration.batch_size)
-        return ob.rank_sensitive_nodes(pre, probe, images[: x.profile.repair.ranking_images])
+        return ob.rank_sensitive_nodes(pre, probe, images)
     finally:
         pre.unlink(missing_ok=True)
         probe.unlink(missing_ok=True)
 
 
 def _accuracy_control_images(x: ExportContext, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """A rare-stratified subset of the train split for NNCF's accuracy control (not the check split,
-    so the gate stays an independent check)."""
-    cal = select_calibration(x.splits.train.labels, x.class_names, x.rare, count, x.profile.calibration.seed + 1)
-    images = load_images(x.splits.train, cal.indices, x.info.image_size)
-    return images, np.asarray(x.splits.train.labels)[list(cal.indices)]
+    """A rare-stratified subset of the train images that calibration did not use, for NNCF's accuracy
+    control (not the check split, so the gate stays an independent check)."""
+    labels = np.asarray(x.splits.train.labels)
+    used = x.base_calibration.indices if x.base_calibration is not None else ()
+    rest = np.setdiff1d(np.arange(len(labels)), np.asarray(used, np.int64))
+    cal = select_calibration(labels[rest], x.class_names, x.rare, count, x.profile.calibration.seed + 1)
+    if cal.rare_missing:
+        log.warning("accuracy control: no train image outside calibration for rare class(es) %s", ", ".join(cal.rare_missing))
+    idx = rest[list(cal.indices)]
+    return load_images(x.splits.train, idx, x.info.image_size), labels[idx]
 
 
 def _flow_tensorrt(x: ExportContext) -> list[StepResult]:
@@ -531,9 +554,10 @@ def _flow_tensorrt(x: ExportContext) -> list[StepResult]:
         return steps
     engine_src = steps[0]
     if p.precision == "int8":
-        steps.append(_ort_quant_step(x, steps[0], name="int8-qdq",
-                                     title="INT8 QDQ for TensorRT explicit quantization (checked in ONNX Runtime)",
-                                     symmetric=True))
+        scheme = int8_scheme(p.quantization.deploy_cpu)
+        b = _ort_backend(x, steps[0], name="int8-qdq", symmetric=True, scheme=scheme,
+                         title="INT8 QDQ for TensorRT explicit quantization (checked in ONNX Runtime)")
+        steps.append(int8_step(x, steps[0], b, scheme))
         if steps[-1].status != PASSED:
             return steps
         engine_src = steps[-1]
@@ -549,7 +573,7 @@ def _flow_tensorrt(x: ExportContext) -> list[StepResult]:
         note = (f"TensorRT engine NOT built: {why}. Build it on the target GPU (e.g. on the Jetson) with "
                 f"{_rel(script, x.out)}: {cmd}")
         atomic_write_text(d / "NOT_BUILT.txt", note + "\n")
-        steps.append(x.finish_step("engine", f"TensorRT {p.precision} engine", d, None, None, status=NOT_RUN,
+        steps.append(x.finish_step("engine", f"TensorRT {p.precision} engine", d, None, None, status=UNVERIFIED,
                                    notes=(note,), extra={"trtexec": cmd, "build_script": str(script)}))
         return steps
     art = tb.build_engine(engine_src.artifact.path, x.out / engine_name, p.precision, spec,
@@ -616,7 +640,7 @@ def export(
     x = ExportContext(checkpoint, target, profile, out)
     steps = FLOWS[target](x)
     notes = []
-    if target == "tensorrt" and steps[-1].status == NOT_RUN:
+    if target == "tensorrt" and steps[-1].status == UNVERIFIED:
         notes.append(steps[-1].notes[0])
     result = ExportResult(
         target=target, precision=profile.precision, out_dir=out, checkpoint=checkpoint, checkpoint_sha256=x.info.sha256,

@@ -34,15 +34,20 @@ def _range(lo: float | None = None, hi: float | None = None) -> dict:
 class GateConfig:
     """The rare-class gate run after every step (artifact vs the PyTorch student, image by image)."""
 
-    split: Literal["val", "test"] = "val"
+    split: Literal["val", "test"] = "val"  # the images repair tries are scored and selected on
+    confirm_split: Literal["auto", "val", "test", "none"] = "auto"  # the kept artifact's one confirmation (auto: the other split)
     max_images: int | None = field(default=None, metadata=_range(1))  # None: the whole split
     batch_size: int = field(default=32, metadata=_range(1))
     max_balanced_accuracy_drop: float = field(default=0.02, metadata=_range(0.0, 1.0))
     max_rare_right_to_wrong: int = field(default=1, metadata=_range(0))  # summed over all rare classes
     max_rare_recall_drop: float = field(default=0.10, metadata=_range(0.0, 1.0))  # per rare class
-    max_class_recall_drop: float | None = field(default=None, metadata=_range(0.0, 1.0))  # per non-rare class
-    max_flip_rate: float | None = field(default=None, metadata=_range(0.0, 1.0))  # changed predictions / images
+    allow_missing_rare: bool = False  # a rare class with no check image fails unless this is true
+    max_class_recall_drop: float | None = field(default=0.10, metadata=_range(0.0, 1.0))  # per non-rare class; None: off
+    class_flip_allowance: int = field(default=1, metadata=_range(0))  # images a non-rare class may lose regardless
+    max_flip_rate: float | None = field(default=0.05, metadata=_range(0.0, 1.0))  # changed predictions / images
     max_fp32_logit_diff: float | None = field(default=0.01, metadata=_range(0.0))  # fp32 steps run in f32 only
+    bootstrap: int = field(default=2000, metadata=_range(0))  # paired stratified resamples for the intervals; 0: off
+    confidence: float = field(default=0.95, metadata=_range(0.5, 0.999))  # interval coverage
 
 
 @dataclass(frozen=True)
@@ -62,37 +67,61 @@ class OrtCalibrationConfig(CalibrationConfig):
 
 @dataclass(frozen=True)
 class RepairConfig:
-    """Bounded repair of a failed INT8 step: larger set -> other method -> sensitive layers in float."""
+    """Bounded repair of a failed INT8 step. Order: quantization-aware distillation, (OpenVINO) accuracy
+    control, sensitive layers in float, other calibration methods, a larger calibration set; the larger
+    set comes first when the calibration set misses a rare class."""
 
     enabled: bool = True
     max_tries: int = field(default=6, metadata=_range(1, 50))
+    qat: bool = True  # a QAT-KD try (method auto)
     calibration_size_factor: float = field(default=2.0, metadata=_range(1.0, 100.0))
-    float_layers: list[int] = field(default_factory=lambda: [1, 3, 6])
-    ranking_images: int = field(default=32, metadata=_range(1))
+    float_layers: list[int] = field(default_factory=lambda: [3])
+    ranking_images: int = field(default=64, metadata=_range(1))  # class-stratified, every rare class in
 
 
 @dataclass(frozen=True)
 class OrtRepairConfig(RepairConfig):
-    methods: list[Literal["minmax", "entropy", "percentile"]] = field(
-        default_factory=lambda: ["percentile", "entropy", "minmax"]
-    )
+    methods: list[Literal["minmax", "entropy", "percentile"]] = field(default_factory=lambda: ["percentile"])
 
 
 @dataclass(frozen=True)
 class OpenVINORepairConfig(RepairConfig):
     range_estimators: list[Literal["minmax", "mean_minmax", "mean_quantile"]] = field(
-        default_factory=lambda: ["mean_quantile", "minmax"]
+        default_factory=lambda: ["mean_quantile"]
     )
-    accuracy_control: bool = True  # last try: nncf.quantize_with_accuracy_control on the rare-class score
+    accuracy_control: bool = True  # nncf.quantize_with_accuracy_control on the rare-class score
 
 
 @dataclass(frozen=True)
-class OrtQuantConfig:
+class QATConfig:
+    """Quantization-aware distillation: the fake-quantized student fine-tuned against the FP32 student."""
+
+    steps: int = field(default=300, metadata=_range(1))  # optimizer steps at most
+    lr: float = field(default=1e-5, metadata=_range(0.0))
+    batch_size: int = field(default=32, metadata=_range(1))
+    temperature: float = field(default=2.0, metadata=_range(0.1))  # logit KD from the FP32 student
+    bsm_weight: float = field(default=0.5, metadata=_range(0.0))  # + Balanced Softmax (prior follows the sampler)
+    sampler: Literal["instance", "balanced", "sqrt"] = "sqrt"  # rare classes drawn more often
+    eval_every: int = field(default=25, metadata=_range(1))  # steps between scores on the selection images
+    patience: int = field(default=4, metadata=_range(1))  # scores without improvement before stopping
+    device: str = "auto"  # auto: CUDA when present
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """How INT8 is made, and for which CPU."""
+
+    method: Literal["auto", "ptq", "qat"] = "auto"  # auto: PTQ, then QAT-KD when the gate fails
+    deploy_cpu: Literal["auto", "avx2", "vnni", "arm"] = "auto"  # auto: this CPU (stated in the report)
+
+
+@dataclass(frozen=True)
+class OrtQuantConfig(QuantizationConfig):
     """ONNX Runtime static QDQ quantization."""
 
-    activation_type: Literal["auto", "u8", "s8"] = "auto"  # auto: time both on this CPU, keep the faster
+    activation_type: Literal["auto", "u8", "s8"] = "auto"  # auto: by the deployment CPU (timed here when it is this CPU)
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: Literal["auto", True, False] = "auto"  # auto: 7-bit weights where the deployment CPU lacks VNNI
     timing_runs: int = field(default=30, metadata=_range(3))
     timing_warmup: int = field(default=5, metadata=_range(0))
 
@@ -107,6 +136,7 @@ class NNCFConfig:
     ignored_types: list[str] = field(default_factory=list)
     ignored_patterns: list[str] = field(default_factory=list)
     accuracy_control: bool = False  # true: the first try already uses quantize_with_accuracy_control
+    overflow_fix: Literal["auto", "enable", "first_layer_only", "disable"] = "auto"  # auto: enable where the deployment CPU lacks VNNI
     max_drop: float = field(default=0.05, metadata=_range(0.0, 1.0))  # of the rare-class score
     accuracy_control_images: int = field(default=300, metadata=_range(2))
 
@@ -131,6 +161,7 @@ class OnnxRuntimeProfile(_Common):
     quantization: OrtQuantConfig = field(default_factory=OrtQuantConfig)
     calibration: OrtCalibrationConfig = field(default_factory=OrtCalibrationConfig)
     repair: OrtRepairConfig = field(default_factory=OrtRepairConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
 
 
 @dataclass(frozen=True)
@@ -139,9 +170,11 @@ class OpenVINOProfile(_Common):
     inference_precision: Literal["f32", "bf16", "f16", "auto"] = "f32"
     performance_hint: Literal["latency", "throughput"] = "latency"
     device: str = "CPU"
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     nncf: NNCFConfig = field(default_factory=NNCFConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     repair: OpenVINORepairConfig = field(default_factory=OpenVINORepairConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
 
 
 @dataclass(frozen=True)
@@ -152,8 +185,9 @@ class TensorRTProfile(_Common):
     build_engine: bool = False  # true: a missing GPU / tensorrt is an error
     workspace_mb: int = field(default=1024, metadata=_range(16))
     quantize_op_types: list[str] = field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
+    quantization: QuantizationConfig = field(default_factory=lambda: QuantizationConfig(method="ptq"))
     calibration: OrtCalibrationConfig = field(default_factory=OrtCalibrationConfig)
-    repair: OrtRepairConfig = field(default_factory=OrtRepairConfig)
+    repair: OrtRepairConfig = field(default_factory=lambda: OrtRepairConfig(qat=False))
 
 
 Profile = OnnxProfile | OnnxRuntimeProfile | OpenVINOProfile | TensorRTProfile

@@ -1,9 +1,11 @@
 """Repair of a failed INT8 step: a bounded, reported sequence of tries until the gate passes.
 
-The order follows what usually helps most per unit of cost: (1) a larger rare-stratified
-calibration set, (2) another calibration method, (3) the most sensitive layers kept in floating
-point (ranked by per-layer error), and for OpenVINO (4) NNCF's accuracy control driven by the
-rare-class score. Backends supply one function that makes and checks an artifact for a plan.
+The strongest tries come first, so that the default budget always reaches them: (1)
+quantization-aware distillation (QAT-KD), (2) for OpenVINO, NNCF's accuracy control driven by the
+rare-class score, (3) the most sensitive layers kept in floating point, (4) another calibration
+method, (5) a larger rare-stratified calibration set, which moves to the front when the
+calibration set misses a rare class (the failure it fixes). Backends supply one function that
+makes and checks an artifact for a plan.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class TryPlan:
     method: str | None = None
     float_layers: int = 0
     accuracy_control: bool = False
+    qat: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class RepairLog:
         for a in self.attempts:
             def pct(v: float | None) -> str:
                 return "" if v is None else f"{100 * v:.1f}"
-            method = a.settings.get("method") or a.settings.get("range_estimator") or ""
+            method = str(a.settings.get("method") or a.settings.get("range_estimator") or "")
             if a.settings.get("accuracy_control"):
                 method += " + accuracy control"
             floats = len(a.settings.get("nodes_to_exclude") or a.settings.get("ignored_onnx_nodes") or ())
@@ -110,21 +113,25 @@ def plan_repairs(
     methods: Sequence[str],
     base_method: str,
     float_layers: Sequence[int],
+    qat: bool = False,
     accuracy_control: bool = False,
+    rare_missing: bool = False,
     max_tries: int,
+    method_noun: str = "calibration method",
 ) -> list[TryPlan]:
     """The repair plans after the first (base) try, cut to ``max_tries - 1``."""
-    plans: list[TryPlan] = []
     larger = min(available_images, max(base_size + 1, math.ceil(base_size * size_factor)))
-    if larger > min(base_size, available_images):
-        plans.append(TryPlan(f"larger rare-stratified calibration set ({larger} images)", calibration_size=larger))
-    for m in methods:
-        if m != base_method:
-            plans.append(TryPlan(f"calibration method {m}", method=m))
-    for k in float_layers:
-        plans.append(TryPlan(f"{k} most sensitive layer(s) kept in float", float_layers=int(k)))
+    sized = ([TryPlan(f"larger rare-stratified calibration set ({larger} images)", calibration_size=larger)]
+             if larger > min(base_size, available_images) else [])
+    plans: list[TryPlan] = list(sized) if rare_missing else []
+    if qat:
+        plans.append(TryPlan("quantization-aware distillation (QAT-KD) from the FP32 student", qat=True))
     if accuracy_control:
         plans.append(TryPlan("NNCF accuracy control on the rare-class score", accuracy_control=True))
+    plans += [TryPlan(f"{k} most sensitive layer(s) kept in float", float_layers=int(k)) for k in float_layers]
+    plans += [TryPlan(f"{method_noun} {m}", method=m) for m in methods if m != base_method]
+    if not rare_missing:
+        plans += sized
     return plans[: max(0, max_tries - 1)]
 
 
@@ -152,7 +159,7 @@ def _attempt(number: int, label: str, o: Outcome, seconds: float) -> Attempt:
 
 
 def run_tries(
-    base_label: str,
+    first: TryPlan,
     make: Callable[[TryPlan, Outcome | None, int], Outcome],
     plans: Sequence[TryPlan],
     *,
@@ -164,8 +171,8 @@ def run_tries(
     try is recorded and the next plan runs; the base try's exceptions propagate.
     """
     t0 = time.perf_counter()
-    best = make(TryPlan(base_label), None, 1)
-    attempts = [_attempt(1, base_label, best, time.perf_counter() - t0)]
+    best = make(first, None, 1)
+    attempts = [_attempt(1, first.label, best, time.perf_counter() - t0)]
     chosen = 1
     if enabled and not (best.report and best.report.passed):
         for i, plan in enumerate(plans, start=2):
