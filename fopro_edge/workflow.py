@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fopro_edge.errors import ConfigError, GateFailedError, MissingDependencyError
+from fopro_edge.errors import ConfigError, GateFailedError, MissingDependencyError, UnverifiedError
 from fopro_edge.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -49,22 +49,28 @@ class WorkflowResult:
         return all(e.passed for e in self.exports)
 
     def raise_for_gates(self) -> None:
-        """:class:`GateFailedError` (exit code 5) naming every target whose gate failed."""
-        failed = [e for e in self.exports if not e.passed]
+        """:class:`GateFailedError` (exit code 5) naming every target whose gate failed, else
+        :class:`UnverifiedError` (exit code 6) when a step could not be run here."""
+        failed = [e for e in self.exports if e.status == "FAILED"]
         if failed:
             parts = []
             for e in failed:
                 s = e.failed_step
-                classes = ", ".join(s.gate.failing_classes) if s and s.gate and s.gate.failing_classes else "a global threshold"
+                g = s.failed_gate if s else None
+                classes = ", ".join(g.failing_classes) if g and g.failing_classes else "a global threshold"
                 parts.append(f"{e.target} at step '{s.name if s else '?'}' ({classes})")
             raise GateFailedError(f"rare-class gate FAILED: {'; '.join(parts)}; artifacts kept, marked FAILED; "
                                   f"see {self.report}")
+        unverified = [e.target for e in self.exports if e.status == "UNVERIFIED"]
+        if unverified:
+            raise UnverifiedError(f"UNVERIFIED: {', '.join(unverified)} produced artifacts that could not be run here "
+                                  f"(see {self.report})")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_dir": str(self.run_dir), "report": str(self.report), "passed": self.passed,
             "test_metrics": {k: self.test_metrics.get(k) for k in ("balanced_accuracy", "macro_f1", "accuracy", "rare_recall")},
-            "exports": [{"target": e.target, "precision": e.precision, "passed": e.passed} for e in self.exports],
+            "exports": [{"target": e.target, "precision": e.precision, "status": e.status} for e in self.exports],
             "skipped": [{"target": s.target, "reason": s.reason} for s in self.skipped],
         }
 
@@ -265,7 +271,7 @@ def _export_section(run: Path, skipped: Sequence[SkippedTarget]) -> list[str]:
         out.append("(nothing exported)\n")
     for m in manifests:
         d = _load_json(m) or {}
-        status = "PASSED" if d.get("passed") else "FAILED"
+        status = d.get("status") or ("PASSED" if d.get("passed") else "FAILED")
         rel = m.parent.relative_to(run)
         out.append(f"### {d.get('target')} ({d.get('precision')}) — {status}\n")
         rows = []

@@ -127,7 +127,7 @@ def _manifest(root: Path, target: str, steps: list[tuple[str, str, str, str]], o
         rows.append({"name": name, "status": status, "artifact": {
             "path": f"{out_dir}/{rel}", "precision": prec, "sha256": f"{target}-{name}", "parent": "ckpt",
             "size_bytes": 1, "metadata": {"opset": 17, "dynamic_batch": True, "batch_size": 1} if name == "onnx" else {}}})
-    rows.append({"name": "engine", "status": "NOT_RUN", "artifact": None})
+    rows.append({"name": "engine", "status": "UNVERIFIED", "artifact": None})
     (root / target / "export.json").write_text(json.dumps(
         {"target": target, "out_dir": out_dir, "steps": rows, "profile": profile or {}}))
 

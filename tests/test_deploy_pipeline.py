@@ -285,6 +285,62 @@ def test_repair_is_a_bounded_reported_sequence(checkpoint, tmp_path):
     assert e.value.exit_code == 5
 
 
+@pytest.mark.onnx
+def test_planted_regression_only_qat_repairs(checkpoint, info, tmp_path):
+    """Calibration on the head class alone gives PTQ ranges that fail every PTQ try (a fault large
+    enough to fail on any CPU); QAT-KD, which learns the quantizer ranges on the train split from
+    the FP32 student, passes from the same start."""
+    from fopro_edge.config import recipe_from_dict
+    from fopro_edge.data import build_splits
+    from fopro_edge.deploy.pipeline import export
+
+    splits = build_splits(recipe_from_dict(RECIPE, check_paths=False).data, 0)
+    head = np.flatnonzero(splits.train.labels == 0).tolist()
+    (tmp_path / "head.json").write_text(json.dumps({"indices": head}))
+    base = {"threads": 1, "calibration": {"indices_file": str(tmp_path / "head.json")},
+            "repair": {"max_tries": 3, "float_layers": [3], "methods": ["percentile"], "calibration_size_factor": 1.0},
+            "qat": {"steps": 150, "lr": 1e-4, "eval_every": 25}}
+    ptq = export(checkpoint, "onnxruntime", "int8", out_dir=tmp_path / "ptq",
+                 overrides={**base, "repair": {**base["repair"], "qat": False}})
+    step = ptq.steps[-1]
+    assert step.status == "FAILED" and [a.status for a in step.repair.attempts] == ["FAILED"] * 3
+    qat = export(checkpoint, "onnxruntime", "int8", out_dir=tmp_path / "qat", overrides=base)
+    step = qat.steps[-1]
+    attempts = step.repair.attempts
+    assert attempts[0].status == "FAILED" and attempts[1].settings["method"] == "qat-kd"
+    assert attempts[1].status == "PASSED" and step.status == "PASSED" and step.repair.chosen == 2
+    assert step.confirmation is not None and step.confirmation.passed
+    quantized, total = (int(v) for v in attempts[1].settings["int8_weighted_ops"].split("/"))
+    assert quantized >= 0.9 * total  # the QAT artifact is INT8, not a float model with Q/DQ around it
+    assert step.artifact.size_bytes < ptq.steps[0].artifact.size_bytes / 2
+    assert step.extra["qat"]["history"][0]["step"] == 0 and step.extra["qat"]["steps"] >= step.extra["qat"]["best_step"]
+
+
+@pytest.mark.onnx
+def test_selection_and_confirmation_use_disjoint_images(checkpoint, tmp_path):
+    from fopro_edge.config import recipe_from_dict
+    from fopro_edge.data import build_splits
+    from fopro_edge.deploy.pipeline import export
+
+    r = export(checkpoint, "onnxruntime", "int8", out_dir=tmp_path, overrides={"threads": 1, "quantization": {"method": "ptq"}})
+    step = r.steps[-1]
+    check = json.loads((tmp_path / "int8" / "check.json").read_text())
+    assert check["gate"]["split"] == "val" and check["confirmation"]["split"] == "test"
+    assert step.confirmation.num_images == 50 and "## Confirmation" in (tmp_path / "int8" / "check.md").read_text()
+    splits = build_splits(recipe_from_dict(RECIPE, check_paths=False).data, 0)
+    assert not {splits.val.id(i) for i in range(len(splits.val))} & {splits.test.id(i) for i in range(len(splits.test))}
+    # a failed confirmation fails the step even when the selection gate passed
+    strict = export(checkpoint, "onnxruntime", "int8", out_dir=tmp_path / "strict",
+                    overrides={"threads": 1, "quantization": {"method": "ptq"}, "repair": {"enabled": False},
+                               "check": {"split": "val", "confirm_split": "test", "max_flip_rate": 0.0,
+                                         "max_balanced_accuracy_drop": 1.0, "max_rare_right_to_wrong": 50,
+                                         "max_rare_recall_drop": 1.0, "max_class_recall_drop": None}})
+    s = strict.steps[-1]
+    if s.gate.flips.total == 0 and s.confirmation.flips.total > 0:
+        assert s.status == "FAILED" and s.failed_gate is s.confirmation
+    assert s.status == ("PASSED" if s.gate.passed and s.confirmation.passed else "FAILED")
+
+
 # --------------------------------------------------------------------------- OpenVINO
 
 
@@ -339,8 +395,8 @@ def test_tensorrt_without_gpu_writes_the_portable_part_and_says_so(checkpoint, t
     out = tmp_path / "trt"
     res = _cli("--target", "tensorrt", "--precision", "int8", "--checkpoint", str(checkpoint), "--out", str(out),
                "--threads", "1")
-    assert res.exit_code == 0, res.output
-    assert "engine" in res.output and "NOT RUN" in res.output and "TensorRT engine NOT built" in res.output
+    assert res.exit_code == 6, res.output  # the engine was not run here: UNVERIFIED, never PASSED
+    assert "engine" in res.output and "UNVERIFIED" in res.output and "TensorRT engine NOT built" in res.output
     script = (out / "build_engine.sh").read_text()
     assert ("trtexec --onnx=int8-qdq/model.onnx --saveEngine=engine/model.int8.engine --int8 --fp16 "
             "--timingCacheFile=timing.cache --memPoolSize=workspace:1024M") in script
@@ -349,7 +405,7 @@ def test_tensorrt_without_gpu_writes_the_portable_part_and_says_so(checkpoint, t
     assert qdq["status"] == "PASSED" and qdq["gate"]["runtime"] == "onnxruntime"
     assert (out / "engine" / "NOT_BUILT.txt").is_file()
     report = (out / "report.md").read_text()
-    assert "NOT_RUN" in report and "Build it on the target GPU" in report
+    assert "UNVERIFIED" in report and "Build it on the target GPU" in report
     forced = _cli("--target", "tensorrt", "--checkpoint", str(checkpoint), "--out", str(out), "--build-engine")
     assert forced.exit_code == 3 and "--build-engine: cannot build a TensorRT engine on this machine" in forced.output
 

@@ -151,6 +151,7 @@ def render_markdown(report: BenchReport, *, chart: str | None = "latency.png", h
             f"{h2} Batch {b}, {t} thread{'s' if t != 1 else ''}\n",
             markdown_table(["model", "role", "backend", "precision (used)", "p50", "p90", "p99", "mean", "min",
                             "CV %", "img/s", "x student", "x teacher", "gate"], lat),
+            "".join(f"- {v.split(': ', 1)[1]}\n" for v in int8_verdict(report) if v.startswith(f"b{b} t{t}:")),
         ]
         res_headers = ["model", "backend", "precision (used)", "load ms", "first inference ms", "size MiB", "peak RSS MiB"]
         if any(m.gpu_memory for m in report.measurements):
@@ -256,8 +257,27 @@ def write_bench_report(report: BenchReport, out_dir: str | Path, *, stem: str = 
     return paths
 
 
+def int8_verdict(report: BenchReport) -> list[str]:
+    """Per (batch, threads): whether each INT8 artifact beat the fastest FP32 artifact, and the fastest
+    artifact that passed its gate (what to deploy on this CPU)."""
+    out = []
+    for b, t in configs(report):
+        arts = [m for m in report.measurements if m.ok and m.target.role == "artifact" and m.key == (b, t)]
+        fp32 = min((m for m in arts if m.target.precision == "fp32"), key=lambda m: m.latency.p50_ms, default=None)
+        for m in arts:
+            if m.target.precision == "int8" and fp32 is not None and m.latency.p50_ms >= fp32.latency.p50_ms:
+                out.append(f"b{b} t{t}: INT8 is no faster than FP32 on this CPU: {m.target.name} p50 "
+                           f"{_ms(m.latency.p50_ms)} ms vs {fp32.target.name} {_ms(fp32.latency.p50_ms)} ms")
+        passed = [m for m in arts if m.target.gate == "PASSED"]
+        if passed:
+            best = min(passed, key=lambda m: m.latency.p50_ms)
+            out.append(f"b{b} t{t}: fastest artifact that passed its gate: {best.target.name} ({best.target.precision}, "
+                       f"p50 {_ms(best.latency.p50_ms)} ms)")
+    return out
+
+
 def summary_lines(report: BenchReport) -> Sequence[str]:
-    """One line per measured target at its first (batch, threads): for the CLI."""
+    """One line per measured target at its first (batch, threads), then the INT8 verdict: for the CLI."""
     lines = []
     for m in report.measurements:
         if m.ok:
@@ -268,4 +288,4 @@ def summary_lines(report: BenchReport) -> Sequence[str]:
                          f"p50 {_ms(m.latency.p50_ms):>8} ms  p99 {_ms(m.latency.p99_ms):>8} ms{extra}")
         else:
             lines.append(f"b{m.batch_size} t{m.threads}  {m.target.name:<44} {m.status}: {m.message}")
-    return lines
+    return lines + int8_verdict(report)

@@ -239,7 +239,7 @@ class FoundArtifact:
     path: Path
     label: str
     precision: str | None = None
-    gate: str | None = None  # PASSED / FAILED / NOT_RUN
+    gate: str | None = None  # PASSED / FAILED / UNVERIFIED
     inference_precision: str | None = None  # OpenVINO: what the export profile says the deployment uses
 
 
@@ -362,7 +362,7 @@ def run_targets(
         found = read_export_manifests(export_root)
         listed = {f.path.resolve() for f in found}
         scanned = scan_export_dir(export_root)
-        # engines built on the device with build_engine.sh are not in the manifest (its step says NOT_RUN)
+        # engines built on the device with build_engine.sh are not in the manifest (its step says UNVERIFIED)
         found += [f for f in scanned if f.path.suffix in ENGINE_SUFFIXES and f.path.resolve() not in listed] if found else scanned
     else:
         found = []

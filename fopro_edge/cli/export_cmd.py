@@ -40,8 +40,8 @@ def export(
 ) -> None:
     """Export a trained student and check it with the rare-class gate after every step.
 
-    Exit codes: 0 all gates passed, 5 a gate failed (artifact kept, marked FAILED), 2 usage error,
-    3 missing runtime package.
+    Exit codes: 0 all gates passed, 5 a gate failed (artifact kept, marked FAILED), 6 a step could not
+    be run here (UNVERIFIED, e.g. a TensorRT engine without a GPU), 2 usage error, 3 missing runtime package.
     """
     from fopro_edge.deploy.pipeline import export as run_export, format_summary
     from fopro_edge.deploy.profiles import deep_merge, overrides_to_dict

@@ -33,7 +33,7 @@ def run(recipe, out, overrides, targets, resume, device, no_bench, batch, thread
                f"{'n/a' if m.get('rare_recall') is None else format(m['rare_recall'], '.4f')}")
     for e in result.exports:
         final = e.final
-        click.echo(f"export {e.target} ({e.precision}): {'PASSED' if e.passed else 'FAILED'}"
+        click.echo(f"export {e.target} ({e.precision}): {e.status}"
                    + (f" -> {final.artifact.path}" if final and final.artifact else ""))
     for s in result.skipped:
         click.echo(f"export {s.target}: skipped ({s.reason})")

@@ -4,6 +4,7 @@ timing, TensorRT explicit-quantization rules, and the per-node sensitivity ranki
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import platform
@@ -127,7 +128,7 @@ def quantize_qdq(
             nodes_to_exclude=list(settings.nodes_to_exclude) or None,
             calibrate_method=methods[settings.method],
             extra_options=extra,
-            calibration_cache_path=str(cache_path) if cache_path else None,
+            **_cache_kwargs(q.quantize_static, cache_path),
         )
     if metadata_source:
         copy_metadata(metadata_source, out_path, {
@@ -139,6 +140,13 @@ def quantize_qdq(
         out_path, target, "int8",
         metadata={**settings.to_dict(), "calibration_images": int(len(images)), "format": "QDQ"},
     )
+
+
+def _cache_kwargs(quantize_static: Any, cache_path: str | Path | None) -> dict[str, Any]:
+    """``calibration_cache_path`` where this onnxruntime has it (1.27+); older ones calibrate again."""
+    if cache_path and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        return {"calibration_cache_path": str(cache_path)}
+    return {}
 
 
 def _json(obj: Any) -> str:

@@ -415,7 +415,7 @@ def _ort_backend(x: ExportContext, onnx_step: StepResult, *, name: str, title: s
     return Int8Backend(
         step=name, title=title, suffix=".onnx", base_label=label, base=base.to_dict(), method_key="method",
         exclude_key="nodes_to_exclude", quantize=quantize, rank=rank, coverage=ob.int8_weighted_ops,
-        runner=lambda path: OrtRunner(path, precision="int8", threads=p.threads),
+        runner=lambda path: OrtRunner(path, precision="int8", threads=p.threads, emulate_qdq=symmetric),
         from_qat=None if symmetric else from_qat, qat_preset="performance" if base.activation_type == "s8" else "mixed",
         check=ob.assert_trt_qdq if symmetric else (lambda path: None), methods=tuple(p.repair.methods), notes=notes,
         cleanup=(pre,),
@@ -556,7 +556,7 @@ def _flow_tensorrt(x: ExportContext) -> list[StepResult]:
     if p.precision == "int8":
         scheme = int8_scheme(p.quantization.deploy_cpu)
         b = _ort_backend(x, steps[0], name="int8-qdq", symmetric=True, scheme=scheme,
-                         title="INT8 QDQ for TensorRT explicit quantization (checked in ONNX Runtime)")
+                         title="INT8 QDQ for TensorRT explicit quantization (checked in ONNX Runtime, Q/DQ emulated)")
         steps.append(int8_step(x, steps[0], b, scheme))
         if steps[-1].status != PASSED:
             return steps

@@ -74,7 +74,7 @@ class RepairConfig:
     enabled: bool = True
     max_tries: int = field(default=6, metadata=_range(1, 50))
     qat: bool = True  # a QAT-KD try (method auto)
-    calibration_size_factor: float = field(default=2.0, metadata=_range(1.0, 100.0))
+    calibration_size_factor: float = field(default=2.0, metadata=_range(1.0, 100.0))  # 1: no larger-set try
     float_layers: list[int] = field(default_factory=lambda: [3])
     ranking_images: int = field(default=64, metadata=_range(1))  # class-stratified, every rare class in
 

@@ -12,8 +12,8 @@ is exported like any PyTorch model: QDQ ONNX for ONNX Runtime / TensorRT, an IR 
 from __future__ import annotations
 
 import copy
-import logging
 import os
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,11 +47,12 @@ class QATResult:
 
 
 def _nncf_torch():
+    """NNCF for PyTorch. It compiles a small C++ extension for fake quantization on first use
+    (about a minute on 2 cores, cached afterwards); its own one-minute limit is too short there, so
+    it gets ten (a build killed half-way leaves a lock that makes later loads wait until then)."""
     from fopro_edge.deploy.openvino_backend import _nncf
 
-    # NNCF compiles a small C++ extension for CPU fake quantization on first use; on a slow
-    # machine that takes longer than its default one-minute limit.
-    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
     return _nncf()
 
 

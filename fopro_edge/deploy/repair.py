@@ -122,7 +122,7 @@ def plan_repairs(
     """The repair plans after the first (base) try, cut to ``max_tries - 1``."""
     larger = min(available_images, max(base_size + 1, math.ceil(base_size * size_factor)))
     sized = ([TryPlan(f"larger rare-stratified calibration set ({larger} images)", calibration_size=larger)]
-             if larger > min(base_size, available_images) else [])
+             if size_factor > 1.0 and larger > min(base_size, available_images) else [])
     plans: list[TryPlan] = list(sized) if rare_missing else []
     if qat:
         plans.append(TryPlan("quantization-aware distillation (QAT-KD) from the FP32 student", qat=True))

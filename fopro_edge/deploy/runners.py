@@ -106,7 +106,10 @@ class OrtRunner(_Base):
         precision: str = "fp32",
         threads: int | None = None,
         providers: list[str] | None = None,
+        emulate_qdq: bool = False,
     ) -> None:
+        """``emulate_qdq``: run Q/DQ nodes as written (no graph optimisation, so no fused integer
+        kernels): the exact int32-accumulation result that TensorRT computes, on any CPU."""
         super().__init__()
         try:
             import onnxruntime as ort
@@ -114,6 +117,8 @@ class OrtRunner(_Base):
             raise MissingDependencyError(ORT_HINT) from None
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        if emulate_qdq:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
@@ -127,6 +132,7 @@ class OrtRunner(_Base):
             "providers": self.session.get_providers(),
             "threads": threads or "default",
             "onnxruntime": ort.__version__,
+            **({"qdq": "emulated (Q/DQ ops run as written, no fused kernels)"} if emulate_qdq else {}),
         }
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
