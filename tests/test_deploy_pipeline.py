@@ -285,6 +285,7 @@ def test_repair_is_a_bounded_reported_sequence(checkpoint, tmp_path):
     assert e.value.exit_code == 5
 
 
+@pytest.mark.slow
 @pytest.mark.onnx
 def test_planted_regression_only_qat_repairs(checkpoint, info, tmp_path):
     """Calibration on the head class alone gives PTQ ranges that fail every PTQ try (a fault large

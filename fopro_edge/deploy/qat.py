@@ -49,7 +49,8 @@ class QATResult:
 def _nncf_torch():
     """NNCF for PyTorch. It compiles a small C++ extension for fake quantization on first use
     (about a minute on 2 cores, cached afterwards); its own one-minute limit is too short there, so
-    it gets ten (a build killed half-way leaves a lock that makes later loads wait until then)."""
+    it gets ten. A load that still times out (e.g. behind a lock file left by a stopped build) makes
+    the QAT-KD try an error in the repair table, not a hang."""
     from fopro_edge.deploy.openvino_backend import _nncf
 
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
