@@ -537,9 +537,12 @@ def _accuracy_control_images(x: ExportContext, count: int) -> tuple[np.ndarray, 
     labels = np.asarray(x.splits.train.labels)
     used = x.base_calibration.indices if x.base_calibration is not None else ()
     rest = np.setdiff1d(np.arange(len(labels)), np.asarray(used, np.int64))
+    short = [k for k in x.rare_ids if not np.any(labels[rest] == k)]
+    if short:  # a rare class whose every train image calibrates: validate on those images too
+        log.warning("accuracy control: no train image outside calibration for rare class(es) %s; reusing theirs",
+                    ", ".join(x.class_names[k] for k in short))
+        rest = np.union1d(rest, np.flatnonzero(np.isin(labels, short)))
     cal = select_calibration(labels[rest], x.class_names, x.rare, count, x.profile.calibration.seed + 1)
-    if cal.rare_missing:
-        log.warning("accuracy control: no train image outside calibration for rare class(es) %s", ", ".join(cal.rare_missing))
     idx = rest[list(cal.indices)]
     return load_images(x.splits.train, idx, x.info.image_size), labels[idx]
 
