@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,24 +17,26 @@ from typing import Any, Literal
 import yaml
 
 from fopro_edge.errors import ConfigError
+from fopro_edge.schema import (  # noqa: F401 - convert_section, read_yaml_mapping: the schema engine, re-exported
+    _Context,
+    _convert,
+    _fail,
+    convert_section,
+    parse_override,
+    path_,
+    range_,
+    read_yaml_mapping,
+)
 
 METHODS = ("ce", "bsm", "ekd", "ekd+fpg", "fopro")
-
-
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
-    return {"min": lo, "max": hi, "lo_open": lo_open}
-
-
-def _path(kind: Literal["file", "dir", "any", "weights"] = "any") -> dict:
-    return {"path": kind}
 
 
 @dataclass(frozen=True)
 class GroupsConfig:
     """Many/medium/few groups by train count: many > many_above, few < few_below."""
 
-    many_above: int = field(default=100, metadata=_range(0))
-    few_below: int = field(default=20, metadata=_range(1))
+    many_above: int = field(default=100, metadata=range_(0))
+    few_below: int = field(default=20, metadata=range_(1))
     rare_classes: list[str] | None = None  # default: the few group
 
 
@@ -43,38 +44,38 @@ class GroupsConfig:
 class DemoConfig:
     """The embedded offline demo: scikit-learn's digits resampled to a long tail."""
 
-    max_per_class: int = field(default=150, metadata=_range(10))
-    imbalance_ratio: float = field(default=30.0, metadata=_range(1.0))
-    eval_per_class: int = field(default=12, metadata=_range(2))
+    max_per_class: int = field(default=150, metadata=range_(10))
+    imbalance_ratio: float = field(default=30.0, metadata=range_(1.0))
+    eval_per_class: int = field(default=12, metadata=range_(2))
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Generated long-tailed images (tests, smoke runs)."""
 
-    num_classes: int = field(default=5, metadata=_range(2))
-    max_per_class: int = field(default=40, metadata=_range(2))
-    imbalance_ratio: float = field(default=10.0, metadata=_range(1.0))
-    eval_per_class: int = field(default=6, metadata=_range(1))
-    image_size: int = field(default=32, metadata=_range(8))
+    num_classes: int = field(default=5, metadata=range_(2))
+    max_per_class: int = field(default=40, metadata=range_(2))
+    imbalance_ratio: float = field(default=10.0, metadata=range_(1.0))
+    eval_per_class: int = field(default=6, metadata=range_(1))
+    image_size: int = field(default=32, metadata=range_(8))
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: Literal["folder", "csv", "digits", "synthetic"] = "digits"
-    root: str | None = field(default=None, metadata=_path("dir"))  # tree root, or CSV image folder
-    train_csv: str | None = field(default=None, metadata=_path("file"))
-    val_csv: str | None = field(default=None, metadata=_path("file"))
-    test_csv: str | None = field(default=None, metadata=_path("file"))
+    root: str | None = field(default=None, metadata=path_("dir"))  # tree root, or CSV image folder
+    train_csv: str | None = field(default=None, metadata=path_("file"))
+    val_csv: str | None = field(default=None, metadata=path_("file"))
+    test_csv: str | None = field(default=None, metadata=path_("file"))
     image_ext: str = ".jpg"
     label_column: str = "finding"
     image_column: str = "image"
-    val_fraction: float = field(default=0.15, metadata=_range(0.0, 0.9, lo_open=True))
-    test_fraction: float = field(default=0.15, metadata=_range(0.0, 0.9, lo_open=True))
-    image_size: int = field(default=224, metadata=_range(16, 1024))
-    batch_size: int = field(default=32, metadata=_range(2))
-    eval_batch_size: int = field(default=64, metadata=_range(1))
-    num_workers: int = field(default=2, metadata=_range(0, 64))
+    val_fraction: float = field(default=0.15, metadata=range_(0.0, 0.9, lo_open=True))
+    test_fraction: float = field(default=0.15, metadata=range_(0.0, 0.9, lo_open=True))
+    image_size: int = field(default=224, metadata=range_(16, 1024))
+    batch_size: int = field(default=32, metadata=range_(2))
+    eval_batch_size: int = field(default=64, metadata=range_(1))
+    num_workers: int = field(default=2, metadata=range_(0, 64))
     sampler: Literal["instance", "balanced", "sqrt"] = "instance"
     augment: Literal["none", "light", "timm"] = "light"
     flips: bool = True  # random h/v flips in training augmentation
@@ -89,59 +90,59 @@ class TeacherConfig:
     model: str = "tf_efficientnet_lite0"
     pretrained: bool = False  # weights from the timm hub (needs internet)
     # Local weights: a file path, or "package:<python package>" for a weight file shipped in a package.
-    weights: str | None = field(default=None, metadata=_path("weights"))
+    weights: str | None = field(default=None, metadata=path_("weights"))
     weights_mapping: Literal["auto", "keys", "order"] = "auto"
     model_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments, e.g. img_size
     strip_prefixes: list[str] = field(default_factory=lambda: ["module.", "encoder_q.", "backbone."])
-    image_size: int | None = field(default=None, metadata=_range(16, 1024))  # default: data.image_size
+    image_size: int | None = field(default=None, metadata=range_(16, 1024))  # default: data.image_size
 
 
 @dataclass(frozen=True)
 class StudentConfig:
     model: str = "mobilenetv3_large_100"
     pretrained: bool = False
-    weights: str | None = field(default=None, metadata=_path("weights"))
-    projector_hidden: int | None = field(default=None, metadata=_range(8))  # default: student feature size
+    weights: str | None = field(default=None, metadata=path_("weights"))
+    projector_hidden: int | None = field(default=None, metadata=range_(8))  # default: student feature size
     model_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
-    drop_rate: float = field(default=0.0, metadata=_range(0.0, 0.9))
+    drop_rate: float = field(default=0.0, metadata=range_(0.0, 0.9))
 
 
 @dataclass(frozen=True)
 class PromptConfig:
     """Fourier Prompt Generator: bounded amplitude gain exp(alpha * tanh(P + G(log1p|X|)))."""
 
-    alpha: float = field(default=1.0, metadata=_range(0.0, 5.0, lo_open=True))
+    alpha: float = field(default=1.0, metadata=range_(0.0, 5.0, lo_open=True))
     band: Literal["all", "low", "high"] = "all"
-    band_radius: float = field(default=0.25, metadata=_range(0.0, 1.0, lo_open=True))
+    band_radius: float = field(default=0.25, metadata=range_(0.0, 1.0, lo_open=True))
     conditional: bool = True
-    conditional_channels: int = field(default=8, metadata=_range(1, 128))
+    conditional_channels: int = field(default=8, metadata=range_(1, 128))
 
 
 @dataclass(frozen=True)
 class ExploreConfig:
     """Stage 1: FPG + linear probe on the frozen teacher."""
 
-    epochs: int = field(default=2, metadata=_range(0))
-    lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
-    probe_lr: float = field(default=1e-2, metadata=_range(0.0, 10.0, lo_open=True))
-    gain_l2: float = field(default=0.01, metadata=_range(0.0))
+    epochs: int = field(default=2, metadata=range_(0))
+    lr: float = field(default=1e-3, metadata=range_(0.0, 10.0, lo_open=True))
+    probe_lr: float = field(default=1e-2, metadata=range_(0.0, 10.0, lo_open=True))
+    gain_l2: float = field(default=0.01, metadata=range_(0.0))
 
 
 @dataclass(frozen=True)
 class AKDConfig:
     """Stage 3: adversarial FPG steps during distillation."""
 
-    every: int = field(default=4, metadata=_range(1))
-    lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
-    probe_weight: float = field(default=1.0, metadata=_range(0.0))
-    gain_l2: float = field(default=0.1, metadata=_range(0.0))
+    every: int = field(default=4, metadata=range_(1))
+    lr: float = field(default=1e-3, metadata=range_(0.0, 10.0, lo_open=True))
+    probe_weight: float = field(default=1.0, metadata=range_(0.0))
+    gain_l2: float = field(default=0.1, metadata=range_(0.0))
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     method: Literal["ce", "bsm", "ekd", "ekd+fpg", "fopro"] = "fopro"
-    epochs: int = field(default=100, metadata=_range(1))
-    align_weight: float = field(default=3.0, metadata=_range(0.0))  # lambda of the EKD alignment loss
+    epochs: int = field(default=100, metadata=range_(1))
+    align_weight: float = field(default=3.0, metadata=range_(0.0))  # lambda of the EKD alignment loss
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     akd: AKDConfig = field(default_factory=AKDConfig)
 
@@ -149,13 +150,13 @@ class DistillConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = field(default=3e-4, metadata=_range(0.0, 10.0, lo_open=True))
-    weight_decay: float = field(default=0.0, metadata=_range(0.0))
-    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    lr: float = field(default=3e-4, metadata=range_(0.0, 10.0, lo_open=True))
+    weight_decay: float = field(default=0.0, metadata=range_(0.0))
+    momentum: float = field(default=0.9, metadata=range_(0.0, 1.0))
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
-    min_lr: float = field(default=1e-6, metadata=_range(0.0))
-    grad_clip: float | None = field(default=5.0, metadata=_range(0.0, lo_open=True))
+    warmup_epochs: float = field(default=0.0, metadata=range_(0.0))
+    min_lr: float = field(default=1e-6, metadata=range_(0.0))
+    grad_clip: float | None = field(default=5.0, metadata=range_(0.0, lo_open=True))
 
 
 @dataclass(frozen=True)
@@ -163,15 +164,15 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, none on CPU
     channels_last: bool = True  # CUDA only
-    threads: int | None = field(default=None, metadata=_range(1))
-    log_interval: int = field(default=20, metadata=_range(1))
+    threads: int | None = field(default=None, metadata=range_(1))
+    log_interval: int = field(default=20, metadata=range_(1))
     deterministic: bool = False
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str = "run"
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=range_(0))
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -205,39 +206,6 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), *, check
     path = Path(path)
     raw = read_yaml_mapping(path, "recipe")
     return recipe_from_dict(raw, overrides, source=str(path), base_dir=path.parent, check_paths=check_paths)
-
-
-def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """Plain data from a YAML file that must hold a mapping; duplicate keys and Python tags refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} file not found (check the path)")
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        article = "an" if what[0] in "aeiou" else "a"
-        raise ConfigError(f"{path}: {article} {what} must be a mapping of keys, not a {type(raw).__name__}")
-    return raw
-
-
-class _StrictSafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (plain data only, never Python objects) that also refuses duplicate keys."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, typing.Hashable) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}'; each key may appear once", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def recipe_from_dict(
@@ -285,7 +253,7 @@ def _check_recipe(r: Recipe, ctx: _Context) -> None:
             if problem:
                 _fail(ctx, key, problem)
     if r.export:
-        from fopro_edge.deploy.profiles import validate_recipe_export  # lazy: deploy builds on this module
+        from fopro_edge.deploy.profiles import validate_recipe_export  # lazy: the profiles are only needed when a recipe has an export section
 
         validate_recipe_export(r.export, ctx.source)
 
@@ -307,31 +275,10 @@ def _model_problem(name: str) -> str | None:
     return f"unknown timm model '{name}' ({hint})"
 
 
-def convert_section(
-    cls: type, raw: Any, *, prefix: str = "", source: str = "<config>", base_dir: Path | None = None, check_paths: bool = False
-) -> Any:
-    """Strictly convert ``raw`` into the dataclass ``cls`` (used for any typed YAML: recipes, export profiles)."""
-    return _convert(cls, raw, prefix, _Context(source, base_dir or Path.cwd(), check_paths))
-
-
 def save_recipe(recipe: Recipe, path: Path) -> None:
     from fopro_edge.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-
-
-def parse_override(item: str, source: str = "--set") -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"{source}: '{item}': expected key=value, e.g. --set distill.epochs=5")
-    key, value = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"{source}: '{item}': empty key before '='")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    return key.split("."), parsed
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str], source: str) -> dict[str, Any]:
@@ -350,127 +297,3 @@ def _apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str], sourc
             node = child
         node[keys[-1]] = value
     return out
-
-
-@dataclass
-class _Context:
-    source: str
-    base_dir: Path
-    check_paths: bool
-
-
-def _fail(ctx: _Context, key: str, msg: str) -> typing.NoReturn:
-    raise ConfigError(f"{ctx.source}: {key or '<root>'}: {msg}")
-
-
-def _convert(cls: type, raw: Any, prefix: str, ctx: _Context) -> Any:
-    if not isinstance(raw, dict):
-        _fail(ctx, prefix, f"expected a mapping (section), got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(fields)})"
-            _fail(ctx, _join(prefix, str(key)), f"unknown key{hint}")
-    values = {}
-    for name, f in fields.items():
-        if name not in raw:
-            continue
-        values[name] = _value(hints[name], raw[name], _join(prefix, name), f.metadata, ctx)
-    return cls(**values)
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _value(tp: Any, v: Any, key: str, meta: typing.Mapping, ctx: _Context) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if v is None:
-            return None
-        return _value(args[0], v, key, meta, ctx)
-    if dataclasses.is_dataclass(tp):
-        return _convert(tp, {} if v is None else v, key, ctx)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if v not in choices:
-            close = difflib.get_close_matches(str(v), [str(c) for c in choices], n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            _fail(ctx, key, f"'{v}' is not allowed ({hint}choose one of: {', '.join(map(str, choices))})")
-        return v
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(v, list):
-            _fail(ctx, key, f"expected a list, got {type(v).__name__}")
-        return [_value(item_tp, x, f"{key}[{i}]", {}, ctx) for i, x in enumerate(v)]
-    if origin is dict:
-        if not isinstance(v, dict):
-            _fail(ctx, key, f"expected a mapping, got {type(v).__name__}")
-        return v
-    if tp is bool:
-        if not isinstance(v, bool):
-            _fail(ctx, key, f"expected true or false, got {v!r}")
-        return v
-    if tp is int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            _fail(ctx, key, f"expected an integer, got {v!r}")
-        _check_range(v, key, meta, ctx)
-        return v
-    if tp is float:
-        if isinstance(v, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                v = float(v)
-            except ValueError:
-                pass
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            _fail(ctx, key, f"expected a number, got {v!r}")
-        _check_range(float(v), key, meta, ctx)
-        return float(v)
-    if tp is str:
-        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-            _fail(ctx, key, f"expected a string, got {v!r}")
-        v = str(v)
-        if "path" in meta:
-            v = _resolve_path(v, key, meta["path"], ctx)
-        return v
-    if tp is Any:
-        return v
-    raise TypeError(f"unsupported schema type {tp!r} at {key}")  # a bug in the schema, not user input
-
-
-def _check_range(v: float, key: str, meta: typing.Mapping, ctx: _Context) -> None:
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and (v < lo or (meta.get("lo_open") and v == lo)):
-        _fail(ctx, key, f"{v} is out of range (must be {'>' if meta.get('lo_open') else '>='} {lo})")
-    if hi is not None and v > hi:
-        _fail(ctx, key, f"{v} is out of range (must be <= {hi})")
-
-
-def _resolve_path(v: str, key: str, kind: str, ctx: _Context) -> str:
-    if kind == "weights":  # a file, or package:<python package> holding one
-        if v.startswith("package:"):
-            import importlib.util
-
-            pkg = v.split(":", 1)[1]
-            try:
-                found = bool(pkg) and importlib.util.find_spec(pkg) is not None
-            except (ImportError, ValueError):
-                found = False
-            if ctx.check_paths and not found:
-                _fail(ctx, key, f"package '{pkg}' is not installed (pip install {pkg.replace('_', '-')})")
-            return v
-        kind = "file"
-    p = Path(v).expanduser()
-    if not p.is_absolute():
-        p = (ctx.base_dir / p).resolve()
-    if ctx.check_paths:
-        if not p.exists():
-            _fail(ctx, key, f"path not found: {p} (fix the path in the recipe or pass --set {key}=...)")
-        if kind == "dir" and not p.is_dir():
-            _fail(ctx, key, f"expected a folder, got a file: {p}")
-        if kind == "file" and not p.is_file():
-            _fail(ctx, key, f"expected a file, got a folder: {p}")
-    return str(p)

@@ -15,10 +15,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fopro_edge.errors import ConfigError, GateFailedError, MissingDependencyError, UnverifiedError
 from fopro_edge.io import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from fopro_edge.config import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,33 @@ def _load_json(path: Path) -> Any | None:
         return None
 
 
+def _read_exports(run: Path) -> list[Any]:
+    """Every ``export/<target>/export.json`` of the run, typed (unreadable ones are skipped, with a warning)."""
+    from fopro_edge.deploy.pipeline import read_export
+
+    out = []
+    for manifest in sorted((run / "export").glob("*/export.json")) if (run / "export").is_dir() else []:
+        try:
+            out.append(read_export(manifest))
+        except ConfigError as e:
+            log.warning("%s; left out of the report", e)
+    return out
+
+
+def _read_recipe(run: Path) -> Recipe | None:
+    """The run's ``recipe.yaml``, typed (paths not checked: the data may have moved since)."""
+    from fopro_edge.config import read_yaml_mapping, recipe_from_dict
+
+    path = run / "recipe.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return recipe_from_dict(read_yaml_mapping(path, "recipe"), source=str(path), base_dir=run, check_paths=False)
+    except ConfigError as e:
+        log.warning("%s; the recipe is left out of the report", e)
+        return None
+
+
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
@@ -180,15 +210,15 @@ def plot_longtail(longtail: Mapping[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _data_section(run: Path, longtail: Mapping[str, Any] | None, recipe: Mapping[str, Any]) -> list[str]:
+def _data_section(run: Path, longtail: Mapping[str, Any] | None, recipe: Recipe | None) -> list[str]:
     from fopro_edge.distill.report import markdown_table
 
     out = ["## 1. Data: the long tail\n"]
-    data = recipe.get("data") or {}
-    out.append(f"Source `{data.get('source')}`, images resized to {data.get('image_size')} px, sampler "
-               f"`{data.get('sampler')}`. Groups by train count: many > {data.get('groups', {}).get('many_above')}, "
-               f"few < {data.get('groups', {}).get('few_below')}; rare classes = "
-               f"{'listed in the recipe' if (data.get('groups') or {}).get('rare_classes') else 'the few group'}.\n")
+    if recipe is not None:
+        d = recipe.data
+        out.append(f"Source `{d.source}`, images resized to {d.image_size} px, sampler `{d.sampler}`. Groups by train "
+                   f"count: many > {d.groups.many_above}, few < {d.groups.few_below}; rare classes = "
+                   f"{'listed in the recipe' if d.groups.rare_classes else 'the few group'}.\n")
     if not longtail:
         return out + ["(no `longtail.json` in the run)\n"]
     plot_longtail(longtail, run / "longtail.png")
@@ -205,25 +235,25 @@ def _data_section(run: Path, longtail: Mapping[str, Any] | None, recipe: Mapping
     return out
 
 
-def _method_section(recipe: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> list[str]:
+def _method_section(recipe: Recipe | None, metrics: Mapping[str, Any] | None) -> list[str]:
     from fopro_edge.distill.report import markdown_table
 
-    t, s, d, p, o = (recipe.get(k) or {} for k in ("teacher", "student", "distill", "prompt", "optim"))
-    method = d.get("method")
+    if recipe is None:
+        return ["## 2. Method\n", "(no `recipe.yaml` in the run)\n"]
+    t, s, d, p, o = recipe.teacher, recipe.student, recipe.distill, recipe.prompt, recipe.optim
     rows = [
-        ["method", f"`{method}`"],
-        ["teacher (frozen)", f"`{t.get('model')}`" + (f", weights `{t.get('weights')}`" if t.get("weights") else
-                                                     ", ImageNet weights from the hub" if t.get("pretrained") else ", random init")],
-        ["student", f"`{s.get('model')}`" + (" (pre-trained)" if s.get("pretrained") else " (from scratch)")],
-        ["epochs / optimiser", f"{d.get('epochs')} / {o.get('name')} lr {o.get('lr')}, {o.get('schedule')}"],
+        ["method", f"`{d.method}`"],
+        ["teacher (frozen)", f"`{t.model}`" + (f", weights `{t.weights}`" if t.weights else
+                                              ", ImageNet weights from the hub" if t.pretrained else ", random init")],
+        ["student", f"`{s.model}`" + (" (pre-trained)" if s.pretrained else " (from scratch)")],
+        ["epochs / optimiser", f"{d.epochs} / {o.name} lr {o.lr}, {o.schedule}"],
     ]
-    if method in ("ekd", "ekd+fpg", "fopro"):
-        rows.append(["EKD alignment weight λ", f"{d.get('align_weight')}"])
-    if method in ("ekd+fpg", "fopro"):
-        rows.append(["FPG", f"alpha {p.get('alpha')}, band {p.get('band')}, conditional {p.get('conditional')}"])
-    if method == "fopro":
-        akd = d.get("akd") or {}
-        rows.append(["AKD", f"adversarial FPG step every {akd.get('every')} steps, lr {akd.get('lr')}"])
+    if d.method in ("ekd", "ekd+fpg", "fopro"):
+        rows.append(["EKD alignment weight λ", f"{d.align_weight}"])
+    if d.method in ("ekd+fpg", "fopro"):
+        rows.append(["FPG", f"alpha {p.alpha}, band {p.band}, conditional {p.conditional}"])
+    if d.method == "fopro":
+        rows.append(["AKD", f"adversarial FPG step every {d.akd.every} steps, lr {d.akd.lr}"])
     out = ["## 2. Method\n", markdown_table(["", ""], rows)]
     ex = (metrics or {}).get("explore")
     if ex:
@@ -266,30 +296,27 @@ def _export_section(run: Path, skipped: Sequence[SkippedTarget]) -> list[str]:
            ("Every step is compared image by image with the PyTorch student on the check split: balanced accuracy, "
             "rare-class recall and flips (right→wrong on rare-class images). A failed step keeps its artifact, "
             "marked FAILED.\n")]
-    manifests = sorted((run / "export").glob("*/export.json")) if (run / "export").is_dir() else []
-    if not manifests and not skipped:
+    exports = _read_exports(run)
+    if not exports and not skipped:
         out.append("(nothing exported)\n")
-    for m in manifests:
-        d = _load_json(m) or {}
-        status = d.get("status") or ("PASSED" if d.get("passed") else "FAILED")
-        rel = m.parent.relative_to(run)
-        out.append(f"### {d.get('target')} ({d.get('precision')}) — {status}\n")
+    for e in exports:
+        rel = e.out_dir.relative_to(run) if e.out_dir.is_relative_to(run) else e.out_dir
+        out.append(f"### {e.target} ({e.precision}) — {e.status}\n")
         rows = []
-        for s in d.get("steps", []):
-            g, a = s.get("gate") or {}, s.get("artifact") or {}
-            ref, cand, fl = g.get("reference") or {}, g.get("candidate") or {}, g.get("flips") or {}
+        for s in e.steps:
+            g, a = s.gate, s.artifact
             rows.append([
-                s.get("name"), s.get("title"), f"{a['size_bytes'] / 2**20:.2f}" if a else "–",
-                f"{(g.get('parity') or {}).get('max_abs_logit_diff', 0):.2g}" if g else "–",
-                f"{_pct(ref.get('balanced_accuracy'))} → {_pct(cand.get('balanced_accuracy'))}" if g else "–",
-                f"{_pct(ref.get('rare_recall'))} → {_pct(cand.get('rare_recall'))}" if g else "–",
-                f"{fl.get('total')} ({fl.get('rare_right_to_wrong')})" if g else "–",
-                ", ".join(g.get("failing_classes") or []) or "–",
-                s.get("status"),
+                s.name, s.title, f"{a.size_bytes / 2**20:.2f}" if a else "–",
+                f"{g.parity.max_abs_logit_diff:.2g}" if g else "–",
+                f"{_pct(g.reference.balanced_accuracy)} → {_pct(g.candidate.balanced_accuracy)}" if g else "–",
+                f"{_pct(g.reference.rare_recall)} → {_pct(g.candidate.rare_recall)}" if g else "–",
+                f"{g.flips.total} ({g.flips.rare_right_to_wrong})" if g else "–",
+                ", ".join(g.failing_classes) if g and g.failing_classes else "–",
+                s.status,
             ])
         out.append(markdown_table(["step", "what", "MiB", "max abs Δlogit", "bal. acc %", "rare recall %",
                                    "flips (rare r→w)", "failing classes", "gate"], rows))
-        notes = [n for s in d.get("steps", []) for n in s.get("notes", [])] + list(d.get("notes") or [])
+        notes = [n for s in e.steps for n in s.notes] + list(e.notes)
         if notes:
             out.append("".join(f"- {n}\n" for n in dict.fromkeys(notes)))
         out.append(f"Details: [{rel}/report.md]({rel}/report.md); per step: `check.md` in each step folder.\n")
@@ -312,17 +339,16 @@ def _bench_section(run: Path) -> list[str]:
     return ["## 5. Latency on this machine\n" + rest.replace("\n### Machine\n", "\n### Machine (fingerprint)\n")]
 
 
-def _headline(run: Path, metrics: Mapping[str, Any] | None, recipe: Mapping[str, Any]) -> list[str]:
-    manifests = sorted((run / "export").glob("*/export.json")) if (run / "export").is_dir() else []
-    exports = [d for d in (_load_json(m) for m in manifests) if d]
-    gates = ("all export gates PASSED" if exports and all(d.get("passed") for d in exports)
-             else "gate FAILED: " + ", ".join(d.get("target", "?") for d in exports if not d.get("passed")) if exports
+def _headline(run: Path, metrics: Mapping[str, Any] | None, recipe: Recipe | None) -> list[str]:
+    exports = _read_exports(run)
+    gates = ("all export gates PASSED" if exports and all(e.passed for e in exports)
+             else "gate " + ", ".join(f"{e.target} {e.status}" for e in exports if not e.passed) if exports
              else "nothing exported")
-    lines = [f"# {recipe.get('name', run.name)}: distill → export → bench\n",
+    lines = [f"# {recipe.name if recipe else run.name}: distill → export → bench\n",
              f"Run directory `{run}`; written {time.strftime('%Y-%m-%d %H:%M')}.\n"]
     bullets = [f"- **{gates}**"]
-    if metrics:
-        bullets.append(f"- student `{(recipe.get('student') or {}).get('model')}` on the {metrics.get('split', 'test')} split: "
+    if metrics and recipe is not None:
+        bullets.append(f"- student `{recipe.student.model}` on the {metrics.get('split', 'test')} split: "
                        f"balanced accuracy {_pct(metrics.get('balanced_accuracy'))} %, rare-class recall "
                        f"{_pct(metrics.get('rare_recall'))} %")
     bj = _load_json(run / "bench" / "bench.json")
@@ -344,18 +370,16 @@ def _headline(run: Path, metrics: Mapping[str, Any] | None, recipe: Mapping[str,
 def write_run_report(run_dir: str | Path, *, timings: Mapping[str, float] | None = None,
                      skipped: Sequence[SkippedTarget] = ()) -> Path:
     """Render ``RUN_DIR/report.md`` (and ``longtail.png``) from what the run directory holds."""
-    import yaml
-
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"--run: {run} is not a directory")
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) if (run / "recipe.yaml").is_file() else {}
+    recipe = _read_recipe(run)
     metrics = _load_json(run / "metrics" / "metrics.json")
     longtail = _load_json(run / "longtail.json")
     parts = [
-        *_headline(run, metrics, recipe or {}),
-        *_data_section(run, longtail, recipe or {}),
-        *_method_section(recipe or {}, metrics),
+        *_headline(run, metrics, recipe),
+        *_data_section(run, longtail, recipe),
+        *_method_section(recipe, metrics),
         *_results_section(run, metrics),
         *_export_section(run, skipped),
         *_bench_section(run),

@@ -120,16 +120,20 @@ def _touch(p: Path, text: str = "x") -> Path:
 
 
 def _manifest(root: Path, target: str, steps: list[tuple[str, str, str, str]], out_dir: str, profile=None) -> None:
-    """steps: (name, relative artifact path, precision, status)."""
+    """An ``export.json`` as the export writes it; steps: (name, relative artifact path, precision, status)."""
+    from fopro_edge.deploy.artifact import ModelArtifact
+    from fopro_edge.deploy.pipeline import ExportResult, StepResult
+
     rows = []
     for name, rel, prec, status in steps:
         _touch(root / target / rel)
-        rows.append({"name": name, "status": status, "artifact": {
-            "path": f"{out_dir}/{rel}", "precision": prec, "sha256": f"{target}-{name}", "parent": "ckpt",
-            "size_bytes": 1, "metadata": {"opset": 17, "dynamic_batch": True, "batch_size": 1} if name == "onnx" else {}}})
-    rows.append({"name": "engine", "status": "UNVERIFIED", "artifact": None})
-    (root / target / "export.json").write_text(json.dumps(
-        {"target": target, "out_dir": out_dir, "steps": rows, "profile": profile or {}}))
+        meta = {"opset": 17, "dynamic_batch": True, "batch_size": 1} if name == "onnx" else {}
+        art = ModelArtifact(Path(f"{out_dir}/{rel}"), target, prec, 1, f"{target}-{name}", (Path(f"{out_dir}/{rel}"),),
+                            parent="ckpt", metadata=meta)
+        rows.append(StepResult(name, name, status, Path(out_dir) / name, art))
+    rows.append(StepResult("engine", "engine", "UNVERIFIED", Path(out_dir) / "engine"))
+    result = ExportResult(target, "int8", Path(out_dir), Path("best.pt"), "ckpt", tuple(rows), profile or {})
+    (root / target / "export.json").write_text(json.dumps(result.to_dict()))
 
 
 def test_export_manifests_list_each_artifact_once(tmp_path):
@@ -146,7 +150,7 @@ def test_export_manifests_list_each_artifact_once(tmp_path):
     assert [(f.label, f.precision, f.gate) for f in found] == [
         ("onnx", "fp32", "PASSED"), ("onnxruntime/int8", "int8", "FAILED"), ("openvino/ir-int8", "int8", "PASSED")]
     assert found[1].path == root / "onnxruntime" / "int8" / "model.onnx"
-    assert found[2].inference_precision == "bf16"
+    assert found[2].options == {"inference_precision": "bf16"} and found[0].options == {}
     run = tmp_path
     names = [(t.name, t.backend, t.precision) for t in run_targets(run, student=False, teacher=False)]
     assert names == [("onnx", "onnxruntime", "fp32"), ("onnxruntime/int8", "onnxruntime", "int8"),

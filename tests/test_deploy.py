@@ -24,14 +24,14 @@ RARE = ["rare-a", "rare-b"]
 # --------------------------------------------------------------------------- profiles
 
 
-@pytest.mark.parametrize("target", P.TARGETS, ids=lambda t: t.replace("tensorrt", "trt"))  # "tensorrt" as an id would skip it (conftest)
+@pytest.mark.parametrize("target", P.targets(), ids=lambda t: t.replace("tensorrt", "trt"))  # "tensorrt" as an id would skip it (conftest)
 def test_every_shipped_profile_loads_and_documents_the_defaults(target, repo):
     path = repo / "export" / f"{target}.yaml"
     assert path.is_file(), f"missing profile {path}"
     text = path.read_text()
     assert text.lstrip().startswith("#"), "a profile starts with a comment saying what it is for"
     profile = P.load_profile(target, profile_file=path)
-    assert profile == P.PROFILE_TYPES[target](), "export/<target>.yaml must state exactly the built-in defaults"
+    assert profile == P.profile_type(target)(), "export/<target>.yaml must state exactly the built-in defaults"
     assert profile.opset >= 17
 
 

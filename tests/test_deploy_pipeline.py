@@ -434,3 +434,134 @@ def test_tensorrt_engine_is_built_and_checked_on_the_gpu(checkpoint, tmp_path, p
     meta = json.loads(engine.artifact.path.with_suffix(".json").read_text())
     assert meta["tensorrt"] and meta["gpu"] and (tmp_path / "engine" / "timing.cache").is_file()
     assert engine.gate.runtime == "tensorrt"
+
+
+# --------------------------------------------------------------------------- the backend registry
+
+
+def _toy_backend():
+    """A runtime added as one registry entry: INT8 = every weight rounded to an 8-bit per-channel
+    grid in a ``.toy`` file (ONNX bytes), run by a counting ONNX Runtime runner."""
+    from dataclasses import dataclass
+
+    import onnx
+    from onnx import numpy_helper
+
+    from fopro_edge.deploy import backends
+    from fopro_edge.deploy.artifact import ModelArtifact
+    from fopro_edge.deploy.cpu_target import int8_scheme
+    from fopro_edge.deploy.int8 import Int8Backend, int8_step
+    from fopro_edge.deploy.pipeline import PASSED, flow_onnx
+    from fopro_edge.deploy.profiles import OnnxRuntimeProfile
+    from fopro_edge.deploy.runners import OrtRunner
+
+    @dataclass(frozen=True)
+    class ToyProfile(OnnxRuntimeProfile):
+        pass
+
+    class ToyRunner(OrtRunner):
+        name = "toy"
+        opened = 0
+
+        def __init__(self, path, **kw):
+            super().__init__(path, **kw)
+            ToyRunner.opened += 1
+
+    def weighted(model):
+        return [n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1]
+
+    def round_weights(src, dst, bits):
+        model = onnx.load(str(src))
+        names = set(weighted(model))
+        for init in model.graph.initializer:
+            if init.name in names:
+                w = numpy_helper.to_array(init)
+                scale = np.abs(w.reshape(w.shape[0], -1)).max(1) / (2 ** (bits - 1) - 1)
+                scale = np.where(scale > 0, scale, 1.0).reshape(-1, *[1] * (w.ndim - 1))
+                init.CopyFrom(numpy_helper.from_array((np.round(w / scale) * scale).astype(np.float32), init.name))
+        onnx.save(model, str(dst))
+
+    def coverage(path):
+        model = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        names = [n for n in weighted(model) if n in inits]
+        on_grid = sum(len(np.unique(inits[n].reshape(inits[n].shape[0], -1)[0])) <= 255 for n in names)
+        return on_grid, len(names)
+
+    def flow(x):
+        steps = flow_onnx(x)
+        if steps[-1].status != PASSED:
+            return steps
+        src = steps[0].artifact.path
+
+        def quantize(settings, images, path, _accuracy_control):
+            round_weights(src, path, settings["bits"])
+            return ModelArtifact.from_files(path, "toy", "int8", parent=steps[0].artifact.sha256)
+
+        b = Int8Backend(step="toy-int8", title="toy INT8 (weights on an 8-bit grid)", suffix=".toy",
+                        base_label="8-bit weight grid", base={"bits": 8}, method_key="bits", exclude_key="keep_float",
+                        quantize=quantize, runner=lambda path: ToyRunner(path, precision="int8", threads=1),
+                        rank=lambda images: [], coverage=coverage)
+        steps.append(int8_step(x, steps[0], b, int8_scheme("auto")))
+        return steps
+
+    entry = backends.Backend(
+        "toy", "toy runtime", ToyProfile, flow, "toy", (".toy",),
+        lambda path, *, precision, threads, options: ToyRunner(path, precision=precision, threads=threads),
+        lambda path: "int8", requires=("onnx", "onnxruntime"), install_hint="pip install toy",
+    )
+    return entry, ToyRunner
+
+
+@pytest.mark.onnx
+def test_a_toy_backend_added_as_one_registry_entry_works_end_to_end(checkpoint, tmp_path):
+    from fopro_edge.bench import BenchConfig, measure_targets
+    from fopro_edge.bench.targets import read_export_manifests
+    from fopro_edge.deploy import backends
+    from fopro_edge.deploy.evaluate import evaluate
+
+    entry, runner = _toy_backend()
+    backends.register(entry)
+    try:
+        out = tmp_path / "export" / "toy"
+        res = _cli("--target", "toy", "--checkpoint", str(checkpoint), "--out", str(out), "--threads", "1")
+        assert res.exit_code == 0, res.output
+        manifest = json.loads((out / "export.json").read_text())
+        assert [s["name"] for s in manifest["steps"]] == ["onnx", "toy-int8"] and manifest["status"] == "PASSED"
+        step = manifest["steps"][1]
+        assert step["artifact"]["path"].endswith("toy-int8/model.toy") and step["confirmation"]["split"] == "test"
+        assert step["extra"]["int8_weighted_ops"]["int8"] == step["extra"]["int8_weighted_ops"]["total"] > 0
+        assert (out / "toy-int8" / "check.md").is_file() and not list((out / "toy-int8").glob("try-*"))
+
+        found = {f.label: f for f in read_export_manifests(tmp_path / "export")}
+        assert found["toy/toy-int8"].gate == "PASSED" and found["toy/toy-int8"].precision == "int8"
+        opened = runner.opened
+        report = evaluate(checkpoint, out / "toy-int8" / "model.toy", threads=1)
+        assert report.runtime == "toy" and report.num_images > 0 and runner.opened == opened + 1
+
+        from fopro_edge.bench.targets import targets_for_artifact
+
+        (target,) = targets_for_artifact(out / "toy-int8" / "model.toy")
+        assert target.backend == "toy"
+        bench = measure_targets([target], BenchConfig(iters=3, warmup=1, threads=(1,), isolate=False, image_size=32, retries=0))
+        (m,) = bench.measurements
+        assert m.status == "ok" and m.latency.p50_ms > 0 and runner.opened == opened + 2
+    finally:
+        backends.unregister("toy")
+    with pytest.raises(Exception, match="unknown target 'toy'"):
+        backends.get("toy")
+
+
+def test_registry_lookups_and_errors():
+    from fopro_edge.deploy import backends
+    from fopro_edge.errors import ConfigError
+
+    assert backends.names()[:4] == ("onnx", "onnxruntime", "openvino", "tensorrt")
+    assert backends.for_artifact("a/model.xml").name == "openvino"
+    assert backends.for_artifact("model.onnx").name == "onnxruntime"
+    assert backends.for_artifact("model.int8.plan").runtime == "tensorrt" and backends.for_artifact("m.tflite") is None
+    assert backends.get("tensorrt").built_on_device and not backends.get("onnx").built_on_device
+    with pytest.raises(ConfigError, match=r"--target: unknown target 'openvin' \(did you mean 'openvino'\?"):
+        backends.get("openvin")
+    with pytest.raises(ValueError, match="already registered"):
+        backends.register(backends.get("onnx"))

@@ -11,13 +11,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fopro_edge.deploy import backends
 from fopro_edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("pytorch", "onnxruntime", "openvino", "tensorrt")
 ROLES = ("student", "teacher", "artifact")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 # ONNX files that are steps on the way, not deployable artifacts.
 _INTERMEDIATE = re.compile(r"(^\.|\.tmp$|[._-](pre|preprocessed|prep|infer|shape)\.onnx$)")
 
@@ -46,8 +45,9 @@ class Target:
     group: str | None = None  # the student these numbers compare with (speed-up baseline)
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"target {self.name}: backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
+        known = ("pytorch", *backends.runtimes())
+        if self.backend not in known:
+            raise ConfigError(f"target {self.name}: backend '{self.backend}' is not one of {', '.join(known)}")
         if self.role not in ROLES:
             raise ConfigError(f"target {self.name}: role '{self.role}' is not one of {', '.join(ROLES)}")
 
@@ -105,39 +105,9 @@ def open_runner(target: Target, threads: int | None) -> tuple[Any, int | None]:
         return runners.TorchRunner(model, threads=threads, device=opts.get("device", "cpu")), size
     if target.path is None:
         raise ConfigError(f"target {target.name}: no artifact path")
-    if target.backend == "onnxruntime":
-        runner = runners.OrtRunner(target.path, precision=target.precision, threads=threads,
-                                   providers=opts.get("providers"))
-    elif target.backend == "openvino":
-        runner = runners.OpenVINORunner(
-            target.path,
-            precision=target.precision,
-            inference_precision=opts.get("inference_precision", "f32"),
-            threads=threads,
-            performance_hint="latency",  # + NUM_STREAMS 1 (set by the runner for the latency hint)
-            device=opts.get("device", "CPU"),
-        )
-    else:
-        runner = runners.TensorRTRunner(target.path, precision=target.precision)
-    return runner, runner_image_size(runner)
-
-
-def runner_image_size(runner: Any) -> int | None:
-    """The static spatial input size of an artifact runner, if its graph fixes it."""
-    dims: Sequence[Any] = ()
-    try:
-        if hasattr(runner, "session"):
-            dims = runner.session.get_inputs()[0].shape
-        elif hasattr(runner, "compiled"):
-            shape = runner.compiled.inputs[0].get_partial_shape()
-            dims = [d.get_length() if d.is_static else None for d in shape]
-        elif hasattr(runner, "engine"):
-            dims = list(runner.engine.get_tensor_shape(runner.input_name))
-    except Exception:  # noqa: BLE001 - best effort, the caller falls back to --image-size
-        return None
-    if len(dims) == 4 and isinstance(dims[-1], int) and dims[-1] > 0:
-        return int(dims[-1])
-    return None
+    runner = backends.for_runtime(target.backend).open_runner(Path(target.path), precision=target.precision,
+                                                             threads=threads, options=opts)
+    return runner, runner.image_size
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -157,41 +127,6 @@ def artifact_size(path: Path) -> int:
     return sum(p.stat().st_size for p in artifact_files(path))
 
 
-def _onnx_precision(path: Path) -> str:
-    try:
-        import onnx
-    except ImportError:
-        return "fp32"
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise ConfigError(f"--artifact: {path} is not a readable ONNX model ({type(e).__name__})") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get("fopro_edge.precision"):
-        return meta["fopro_edge.precision"]
-    ops = {n.op_type for n in model.graph.node}
-    if {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"} & ops:
-        return "int8"
-    return "fp32"
-
-
-def _ir_precision(path: Path) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    m = re.search(r'<weights_precision\s+value="(\w+)"', text)
-    if m:
-        return m.group(1)
-    if 'type="FakeQuantize"' in text:
-        return "int8"
-    if re.search(r'type="Const"[^>]*>\s*<data[^>]*element_type="f16"', text):
-        return "fp16"
-    return "fp32"
-
-
-def _engine_precision(path: Path) -> str:
-    low = path.name.lower()
-    return next((p for p in ("int8", "fp16", "fp32") if p in low), "unknown")
-
-
 def targets_for_artifact(
     path: str | Path,
     *,
@@ -201,35 +136,34 @@ def targets_for_artifact(
     gate: str | None = None,
     group: str | None = None,
     label: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> list[Target]:
-    """Targets of one artifact file: ``.onnx`` on ONNX Runtime (one per provider list), ``.xml``
-    on OpenVINO (one per inference precision; default f32), ``.engine``/``.plan`` on TensorRT."""
+    """Targets of one artifact file, on the runtime the backend registry names for its suffix:
+    ONNX Runtime (one per provider list), OpenVINO (one per inference precision; default: the export
+    profile's in ``options``, else f32), TensorRT, or a plug-in runtime. ``options``: runner options."""
     p = Path(path)
+    entry = backends.for_artifact(p)
+    kinds = ", ".join(backends.artifact_suffixes())
     if not p.is_file():
-        raise ConfigError(f"--artifact: {p} does not exist (give an .onnx, .xml or .engine file)")
+        raise ConfigError(f"--artifact: {p} does not exist (give an artifact file: {kinds})")
+    if entry is None:
+        raise ConfigError(f"--artifact: {p}: unknown artifact type '{p.suffix}' (expected one of: {kinds})")
     size = artifact_size(p)
     stem = label or p.stem
-    if p.suffix == ".onnx":
-        prec = precision or _onnx_precision(p)
-        out = []
+    prec = precision or entry.read_precision(p)
+    base = dict(options or {})
+    if entry.runtime == "onnxruntime":
+        variants = []
         for providers in ort_providers or [["CPUExecutionProvider"]]:
             ep = providers[0].replace("ExecutionProvider", "")
-            suffix = "" if ep == "CPU" else f" [{ep}]"
-            out.append(Target(f"{stem}{suffix}", "onnxruntime", prec, path=str(p), size_bytes=size, gate=gate,
-                              group=group, options={"providers": list(providers)}))
-        return out
-    if p.suffix == ".xml":
-        prec = precision or _ir_precision(p)
-        ips = list(openvino_precisions or ("f32",))
-        return [
-            Target(f"{stem} ({ip})" if len(ips) > 1 else stem, "openvino", prec, path=str(p),
-                   size_bytes=size, gate=gate, group=group, options={"inference_precision": ip})
-            for ip in ips
-        ]
-    if p.suffix in ENGINE_SUFFIXES:
-        return [Target(stem, "tensorrt", precision or _engine_precision(p), path=str(p), size_bytes=size, gate=gate,
-                       group=group)]
-    raise ConfigError(f"--artifact: {p}: unknown artifact type '{p.suffix}' (expected .onnx, .xml, .engine or .plan)")
+            variants.append(("" if ep == "CPU" else f" [{ep}]", {**base, "providers": list(providers)}))
+    elif entry.runtime == "openvino":
+        ips = list(openvino_precisions or (base.get("inference_precision", "f32"),))
+        variants = [(f" ({ip})" if len(ips) > 1 else "", {**base, "inference_precision": ip}) for ip in ips]
+    else:
+        variants = [("", base)]
+    return [Target(f"{stem}{suffix}", entry.runtime, prec, path=str(p), size_bytes=size, gate=gate, group=group,
+                   options=options) for suffix, options in variants]
 
 
 @dataclass(frozen=True)
@@ -240,12 +174,11 @@ class FoundArtifact:
     label: str
     precision: str | None = None
     gate: str | None = None  # PASSED / FAILED / UNVERIFIED
-    inference_precision: str | None = None  # OpenVINO: what the export profile says the deployment uses
+    options: dict[str, Any] = field(default_factory=dict)  # runner options of its export profile (OpenVINO precision)
 
 
-def _manifest_path(raw: str, manifest: Path, out_dir: str | None) -> Path:
+def _manifest_path(p: Path, manifest: Path, out_dir: Path | None) -> Path:
     """An artifact path of ``export.json``, re-rooted at the manifest's folder (the run may have moved)."""
-    p = Path(raw)
     if out_dir:
         try:
             return manifest.parent / p.relative_to(out_dir)
@@ -257,38 +190,40 @@ def _manifest_path(raw: str, manifest: Path, out_dir: str | None) -> Path:
 def read_export_manifests(export_root: Path) -> list[FoundArtifact]:
     """Artifacts listed by ``export/<target>/export.json`` (written by ``fopro-edge export``).
 
-    The fp32 ONNX step that every target starts with is listed once; the ONNX files of a
-    ``tensorrt`` export are inputs to the engine build, not deployment artifacts, and are left out.
+    The fp32 ONNX step that every target starts with is listed once; the ONNX files of a backend
+    that builds from them (TensorRT) are inputs to the build, not deployment artifacts, and are left out.
     """
+    from fopro_edge.deploy.pipeline import read_export
+
     out: list[FoundArtifact] = []
     seen: set[Any] = set()
     for manifest in sorted(export_root.glob("*/export.json")):
         try:
-            d = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("%s: unreadable export manifest (%s); skipped", manifest, e)
+            result = read_export(manifest)
+            entry = backends.get(result.target, f"{manifest}: target")
+            options = entry.runner_options(result.typed_profile())
+        except ConfigError as e:
+            log.warning("%s; skipped", e)
             continue
-        target = d.get("target", manifest.parent.name)
-        profile = d.get("profile") or {}
-        for step in d.get("steps", []):
-            art = step.get("artifact")
-            if not art:
+        for step in result.steps:
+            art = step.artifact
+            if art is None:
                 continue
-            path = _manifest_path(art["path"], manifest, d.get("out_dir"))
-            if target == "tensorrt" and path.suffix == ".onnx":
+            path = _manifest_path(art.path, manifest, result.out_dir)
+            if entry.built_on_device and path.suffix == ".onnx":
                 continue
-            meta = art.get("metadata") or {}
-            key = (("onnx", art.get("parent"), meta.get("opset"), meta.get("dynamic_batch"), meta.get("batch_size"))
-                   if step.get("name") == "onnx" else art.get("sha256") or str(path))
-            if key in seen or art.get("sha256") in seen:
+            meta = art.metadata
+            key = (("onnx", art.parent, meta.get("opset"), meta.get("dynamic_batch"), meta.get("batch_size"))
+                   if step.name == "onnx" else art.sha256)
+            if key in seen or art.sha256 in seen:
                 continue
-            seen.update({key, art.get("sha256")})
+            seen.update({key, art.sha256})
             if not path.is_file():
                 log.warning("%s lists %s, which is missing; skipped", manifest, path)
                 continue
-            label = "onnx" if step.get("name") == "onnx" else f"{target}/{step.get('name')}"
-            out.append(FoundArtifact(path, label, art.get("precision"), step.get("status"),
-                                     profile.get("inference_precision") if target == "openvino" else None))
+            label = "onnx" if step.name == "onnx" else f"{result.target}/{step.name}"
+            out.append(FoundArtifact(path, label, art.precision, step.status,
+                                     options if backends.for_artifact(path) is entry else {}))
     return out
 
 
@@ -363,15 +298,14 @@ def run_targets(
         listed = {f.path.resolve() for f in found}
         scanned = scan_export_dir(export_root)
         # engines built on the device with build_engine.sh are not in the manifest (its step says UNVERIFIED)
-        found += [f for f in scanned if f.path.suffix in ENGINE_SUFFIXES and f.path.resolve() not in listed] if found else scanned
+        found += [f for f in scanned if _built_on_device(f.path) and f.path.resolve() not in listed] if found else scanned
     else:
         found = []
     if not found:
         log.warning("no exported artifact under %s: only the PyTorch baselines are measured", export_root)
     for f in found:
-        ov = openvino_precisions or ((f.inference_precision,) if f.inference_precision else None)
-        out += targets_for_artifact(f.path, openvino_precisions=ov, ort_providers=ort_providers, precision=f.precision,
-                                    gate=f.gate, group=group, label=f.label)
+        out += targets_for_artifact(f.path, openvino_precisions=openvino_precisions, ort_providers=ort_providers,
+                                    precision=f.precision, gate=f.gate, group=group, label=f.label, options=f.options)
     return _unique_names(out)
 
 
@@ -393,10 +327,15 @@ def find_artifacts(root: str | Path) -> list[Path]:
     root = Path(root)
     found = [
         p for p in root.rglob("*")
-        if p.is_file() and p.suffix in (".onnx", ".xml", *ENGINE_SUFFIXES)
+        if p.is_file() and p.suffix in backends.artifact_suffixes()
         and not _INTERMEDIATE.search(p.name) and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     return sorted(found)
+
+
+def _built_on_device(path: Path) -> bool:
+    entry = backends.for_artifact(path)
+    return entry is not None and entry.built_on_device
 
 
 def _artifact_label(path: Path, export_root: Path) -> str:

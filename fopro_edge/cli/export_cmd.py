@@ -7,11 +7,28 @@ from typing import Any
 
 import click
 
-from fopro_edge.deploy.profiles import TARGETS
+from fopro_edge.deploy import backends
+
+
+class TargetType(click.ParamType):
+    """A registered export target (the backend registry decides, so plug-in backends are accepted)."""
+
+    name = "target"
+
+    def get_metavar(self, param, ctx=None) -> str:  # noqa: ARG002 - click's signature
+        return "[" + "|".join(backends.names()) + "]"
+
+    def get_missing_message(self, param, ctx=None) -> str:  # noqa: ARG002 - click's signature
+        return "Choose from: " + ", ".join(backends.names())
+
+    def convert(self, value, param, ctx):
+        if value not in backends.names():
+            self.fail(f"'{value}' is not one of {', '.join(map(repr, backends.names()))}.", param, ctx)
+        return value
 
 
 @click.command("export")
-@click.option("--target", type=click.Choice(TARGETS), required=True, help="Runtime to export for.")
+@click.option("--target", type=TargetType(), required=True, help="Runtime to export for.")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Run directory (uses checkpoints/best.pt).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="A checkpoint file instead of --run.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Default: the profile's.")

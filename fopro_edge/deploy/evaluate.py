@@ -1,7 +1,7 @@
 """Evaluate one artifact (or the PyTorch student) on a split, image by image against the student.
 
-The same gate as ``export``, for a file made elsewhere or earlier: an ``.onnx`` (ONNX Runtime; a
-user-supplied file is first checked for FFT ops), an OpenVINO ``.xml`` or a TensorRT ``.engine``.
+The same gate as ``export``, for a file made elsewhere or earlier, opened by the runtime the backend
+registry names for its suffix (a user-supplied ``.onnx`` is first checked for FFT ops).
 """
 
 from __future__ import annotations
@@ -14,26 +14,22 @@ from pathlib import Path
 from fopro_edge.deploy.gate import GateReport
 from fopro_edge.deploy.pipeline import ExportContext, resolve_source
 from fopro_edge.deploy.profiles import GateConfig, OnnxProfile
-from fopro_edge.deploy.runners import OpenVINORunner, OrtRunner, Runner, TensorRTRunner, TorchRunner
+from fopro_edge.deploy.runners import Runner, TorchRunner
 from fopro_edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def open_artifact(path: Path, *, inference_precision: str = "f32", threads: int | None = None) -> Runner:
-    """A runner for an artifact file, chosen by its suffix."""
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from fopro_edge.deploy.onnx_backend import assert_no_fft, read_metadata
+    """A runner for an artifact file, from the backend registry entry of its suffix."""
+    from fopro_edge.deploy import backends
 
-        assert_no_fft(path)
-        precision = read_metadata(path).get("fopro_edge.precision", "fp32")
-        return OrtRunner(path, precision=precision, threads=threads)
-    if suffix == ".xml":
-        return OpenVINORunner(path, precision="ir", inference_precision=inference_precision, threads=threads)
-    if suffix in (".engine", ".plan", ".trt"):
-        return TensorRTRunner(path)
-    raise ConfigError(f"--artifact: {path}: unknown artifact type '{suffix}' (expected .onnx, .xml or .engine)")
+    entry = backends.for_artifact(path)
+    if entry is None:
+        raise ConfigError(f"--artifact: {path}: unknown artifact type '{path.suffix}' "
+                          f"(expected one of: {', '.join(backends.artifact_suffixes())})")
+    options = {"inference_precision": inference_precision}
+    return entry.open_runner(path, precision=entry.read_precision(path), threads=threads, options=options)
 
 
 def _check_classes(path: Path, class_names: list[str]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,19 @@ class ExportResult:
             })
         return rows
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "export.json") -> ExportResult:
+        """Typed read-back of :meth:`to_dict` (derived keys such as ``passed`` are recomputed)."""
+        from fopro_edge.schema import from_json
+
+        return from_json(cls, d, source)
+
+    def typed_profile(self) -> Any:
+        """The export profile as its target's dataclass."""
+        from fopro_edge.schema import from_json
+
+        return from_json(P.profile_type(self.target), self.profile, f"{self.out_dir}/export.json: profile")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target, "precision": self.precision, "passed": self.passed,
@@ -144,6 +157,18 @@ class ExportResult:
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "steps": [s.to_dict() for s in self.steps], "notes": list(self.notes), "profile": self.profile,
         }
+
+
+def read_export(path: str | Path) -> ExportResult:
+    """``export/<target>/export.json`` read back typed; a one-line ConfigError when unreadable."""
+    import json
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable export manifest ({e})") from None
+    return ExportResult.from_dict(d, str(path))
 
 
 def _pct(v: float | None) -> str:
@@ -422,11 +447,11 @@ def _ort_backend(x: ExportContext, onnx_step: StepResult, *, name: str, title: s
     )
 
 
-def _flow_onnx(x: ExportContext) -> list[StepResult]:
+def flow_onnx(x: ExportContext) -> list[StepResult]:
     return [_step_onnx(x)]
 
 
-def _flow_onnxruntime(x: ExportContext) -> list[StepResult]:
+def flow_onnxruntime(x: ExportContext) -> list[StepResult]:
     steps = [_step_onnx(x)]
     if x.profile.precision == "int8" and steps[-1].status == PASSED:
         scheme = int8_scheme(x.profile.quantization.deploy_cpu)
@@ -482,7 +507,7 @@ def _ov_backend(x: ExportContext, onnx_step: StepResult, scheme: Any) -> Int8Bac
     )
 
 
-def _flow_openvino(x: ExportContext) -> list[StepResult]:
+def flow_openvino(x: ExportContext) -> list[StepResult]:
     from fopro_edge.deploy import openvino_backend as vb
 
     p = x.profile
@@ -547,11 +572,17 @@ def _accuracy_control_images(x: ExportContext, count: int) -> tuple[np.ndarray, 
     return load_images(x.splits.train, idx, x.info.image_size), labels[idx]
 
 
-def _flow_tensorrt(x: ExportContext) -> list[StepResult]:
+def flow_tensorrt(x: ExportContext) -> list[StepResult]:
     from fopro_edge.deploy import tensorrt_backend as tb
     from fopro_edge.deploy.onnx_backend import INPUT_NAME
 
     p = x.profile
+    ok, why = tb.tensorrt_status()
+    if p.build_engine and not ok:
+        raise MissingDependencyError(
+            f"--build-engine: cannot build a TensorRT engine on this machine ({why}); run without --build-engine to "
+            "write the TensorRT-ready ONNX and build_engine.sh, then build on the target GPU"
+        )
     steps = [_step_onnx(x, title="TensorRT-ready ONNX fp32 (checked in ONNX Runtime)")]
     if steps[-1].status != PASSED:
         return steps
@@ -569,7 +600,6 @@ def _flow_tensorrt(x: ExportContext) -> list[StepResult]:
     engine_name = f"engine/model.{p.precision}.engine"
     script = tb.write_build_script(x.out, onnx_rel, engine_name, p.precision, spec)
     cmd = tb.trtexec_command(onnx_rel, engine_name, p.precision, spec)
-    ok, why = tb.tensorrt_status()
     d = x.out / "engine"
     (d / "NOT_BUILT.txt").unlink(missing_ok=True)
     if not ok:
@@ -587,14 +617,6 @@ def _flow_tensorrt(x: ExportContext) -> list[StepResult]:
                                notes=(f"built and checked on {art.metadata.get('gpu')} with TensorRT {art.metadata.get('tensorrt')}",),
                                extra={"trtexec": cmd, "build": art.metadata}))
     return steps
-
-
-FLOWS: dict[str, Callable[[ExportContext], list[StepResult]]] = {
-    "onnx": _flow_onnx,
-    "onnxruntime": _flow_onnxruntime,
-    "openvino": _flow_openvino,
-    "tensorrt": _flow_tensorrt,
-}
 
 
 # --------------------------------------------------------------------------- entry point
@@ -615,7 +637,10 @@ def export(
     Steps: ONNX (always) -> the target's conversion/quantization, each followed by the rare-class
     gate. Never raises for a failed gate: check ``result.passed`` or call ``result.raise_for_gate()``.
     """
-    P.check_target(target)
+    from fopro_edge.deploy import backends
+
+    backend = backends.get(target)
+    backend.require()
     checkpoint, run_dir = resolve_source(source)
     from fopro_edge.distill.checkpoint import load_checkpoint
 
@@ -626,25 +651,14 @@ def export(
         layer["precision"] = precision
     profile = P.load_profile(target, profile_file=profile_file, recipe_export=recipe_export, recipe_source=recipe_src,
                              overrides=layer, override_source=override_source)
-    if target == "tensorrt" and profile.build_engine:
-        from fopro_edge.deploy.tensorrt_backend import tensorrt_status
-
-        ok, why = tensorrt_status()
-        if not ok:
-            raise MissingDependencyError(
-                f"--build-engine: cannot build a TensorRT engine on this machine ({why}); run without --build-engine to "
-                "write the TensorRT-ready ONNX and build_engine.sh, then build on the target GPU"
-            )
     out = Path(out_dir) if out_dir else default_out_dir(checkpoint, run_dir, target)
     out.mkdir(parents=True, exist_ok=True)
     keep = getattr(getattr(profile, "calibration", None), "indices_file", None)
     _clean_previous(out, keep=Path(keep).resolve() if keep else None)
     log.info("export %s %s -> %s", target, profile.precision, out)
     x = ExportContext(checkpoint, target, profile, out)
-    steps = FLOWS[target](x)
-    notes = []
-    if target == "tensorrt" and steps[-1].status == UNVERIFIED:
-        notes.append(steps[-1].notes[0])
+    steps = backend.flow(x)
+    notes = [steps[-1].notes[0]] if steps[-1].status == UNVERIFIED and steps[-1].notes else []
     result = ExportResult(
         target=target, precision=profile.precision, out_dir=out, checkpoint=checkpoint, checkpoint_sha256=x.info.sha256,
         steps=tuple(steps), profile=P.profile_to_dict(profile), calibration=x.base_calibration, notes=tuple(notes),

@@ -17,18 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
-from fopro_edge.config import convert_section, parse_override, read_yaml_mapping  # one schema engine, one error format
 from fopro_edge.errors import ConfigError
+from fopro_edge.schema import convert_section, parse_override, range_, read_yaml_mapping
 
 log = logging.getLogger(__name__)
-
-TARGETS = ("onnx", "onnxruntime", "openvino", "tensorrt")
-
-
-def _range(lo: float | None = None, hi: float | None = None) -> dict:
-    return {"min": lo, "max": hi}
-
 
 @dataclass(frozen=True)
 class GateConfig:
@@ -36,27 +28,27 @@ class GateConfig:
 
     split: Literal["val", "test"] = "val"  # the images repair tries are scored and selected on
     confirm_split: Literal["auto", "val", "test", "none"] = "auto"  # the kept artifact's one confirmation (auto: the other split)
-    max_images: int | None = field(default=None, metadata=_range(1))  # None: the whole split
-    batch_size: int = field(default=32, metadata=_range(1))
-    max_balanced_accuracy_drop: float = field(default=0.02, metadata=_range(0.0, 1.0))
-    max_rare_right_to_wrong: int = field(default=1, metadata=_range(0))  # summed over all rare classes
-    max_rare_recall_drop: float = field(default=0.10, metadata=_range(0.0, 1.0))  # per rare class
+    max_images: int | None = field(default=None, metadata=range_(1))  # None: the whole split
+    batch_size: int = field(default=32, metadata=range_(1))
+    max_balanced_accuracy_drop: float = field(default=0.02, metadata=range_(0.0, 1.0))
+    max_rare_right_to_wrong: int = field(default=1, metadata=range_(0))  # summed over all rare classes
+    max_rare_recall_drop: float = field(default=0.10, metadata=range_(0.0, 1.0))  # per rare class
     allow_missing_rare: bool = False  # a rare class with no check image fails unless this is true
-    max_class_recall_drop: float | None = field(default=0.10, metadata=_range(0.0, 1.0))  # per non-rare class; None: off
-    class_flip_allowance: int = field(default=1, metadata=_range(0))  # images a non-rare class may lose regardless
-    max_flip_rate: float | None = field(default=0.05, metadata=_range(0.0, 1.0))  # changed predictions / images
-    max_fp32_logit_diff: float | None = field(default=0.01, metadata=_range(0.0))  # fp32 steps run in f32 only
-    bootstrap: int = field(default=2000, metadata=_range(0))  # paired stratified resamples for the intervals; 0: off
-    confidence: float = field(default=0.95, metadata=_range(0.5, 0.999))  # interval coverage
+    max_class_recall_drop: float | None = field(default=0.10, metadata=range_(0.0, 1.0))  # per non-rare class; None: off
+    class_flip_allowance: int = field(default=1, metadata=range_(0))  # images a non-rare class may lose regardless
+    max_flip_rate: float | None = field(default=0.05, metadata=range_(0.0, 1.0))  # changed predictions / images
+    max_fp32_logit_diff: float | None = field(default=0.01, metadata=range_(0.0))  # fp32 steps run in f32 only
+    bootstrap: int = field(default=2000, metadata=range_(0))  # paired stratified resamples for the intervals; 0: off
+    confidence: float = field(default=0.95, metadata=range_(0.5, 0.999))  # interval coverage
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
     """INT8 calibration images: class-stratified from the train split, every rare class present."""
 
-    size: int = field(default=300, metadata=_range(1))
-    seed: int = field(default=0, metadata=_range(0))
-    batch_size: int = field(default=8, metadata=_range(1))
+    size: int = field(default=300, metadata=range_(1))
+    seed: int = field(default=0, metadata=range_(0))
+    batch_size: int = field(default=8, metadata=range_(1))
     indices_file: str | None = None  # reuse a calibration.json written by an earlier export
 
 
@@ -72,11 +64,11 @@ class RepairConfig:
     set comes first when the calibration set misses a rare class."""
 
     enabled: bool = True
-    max_tries: int = field(default=6, metadata=_range(1, 50))
+    max_tries: int = field(default=6, metadata=range_(1, 50))
     qat: bool = True  # a QAT-KD try (method auto)
-    calibration_size_factor: float = field(default=2.0, metadata=_range(1.0, 100.0))  # 1: no larger-set try
+    calibration_size_factor: float = field(default=2.0, metadata=range_(1.0, 100.0))  # 1: no larger-set try
     float_layers: list[int] = field(default_factory=lambda: [3])
-    ranking_images: int = field(default=64, metadata=_range(1))  # class-stratified, every rare class in
+    ranking_images: int = field(default=64, metadata=range_(1))  # class-stratified, every rare class in
 
 
 @dataclass(frozen=True)
@@ -96,14 +88,14 @@ class OpenVINORepairConfig(RepairConfig):
 class QATConfig:
     """Quantization-aware distillation: the fake-quantized student fine-tuned against the FP32 student."""
 
-    steps: int = field(default=300, metadata=_range(1))  # optimizer steps at most
-    lr: float = field(default=1e-5, metadata=_range(0.0))
-    batch_size: int = field(default=32, metadata=_range(1))
-    temperature: float = field(default=2.0, metadata=_range(0.1))  # logit KD from the FP32 student
-    bsm_weight: float = field(default=0.5, metadata=_range(0.0))  # + Balanced Softmax (prior follows the sampler)
+    steps: int = field(default=300, metadata=range_(1))  # optimizer steps at most
+    lr: float = field(default=1e-5, metadata=range_(0.0))
+    batch_size: int = field(default=32, metadata=range_(1))
+    temperature: float = field(default=2.0, metadata=range_(0.1))  # logit KD from the FP32 student
+    bsm_weight: float = field(default=0.5, metadata=range_(0.0))  # + Balanced Softmax (prior follows the sampler)
     sampler: Literal["instance", "balanced", "sqrt"] = "sqrt"  # rare classes drawn more often
-    eval_every: int = field(default=25, metadata=_range(1))  # steps between scores on the selection images
-    patience: int = field(default=4, metadata=_range(1))  # scores without improvement before stopping
+    eval_every: int = field(default=25, metadata=range_(1))  # steps between scores on the selection images
+    patience: int = field(default=4, metadata=range_(1))  # scores without improvement before stopping
     device: str = "auto"  # auto: CUDA when present
 
 
@@ -122,8 +114,8 @@ class OrtQuantConfig(QuantizationConfig):
     activation_type: Literal["auto", "u8", "s8"] = "auto"  # auto: by the deployment CPU (timed here when it is this CPU)
     per_channel: bool = True
     reduce_range: Literal["auto", True, False] = "auto"  # auto: 7-bit weights where the deployment CPU lacks VNNI
-    timing_runs: int = field(default=30, metadata=_range(3))
-    timing_warmup: int = field(default=5, metadata=_range(0))
+    timing_runs: int = field(default=30, metadata=range_(3))
+    timing_warmup: int = field(default=5, metadata=range_(0))
 
 
 @dataclass(frozen=True)
@@ -137,16 +129,16 @@ class NNCFConfig:
     ignored_patterns: list[str] = field(default_factory=list)
     accuracy_control: bool = False  # true: the first try already uses quantize_with_accuracy_control
     overflow_fix: Literal["auto", "enable", "first_layer_only", "disable"] = "auto"  # auto: enable where the deployment CPU lacks VNNI
-    max_drop: float = field(default=0.05, metadata=_range(0.0, 1.0))  # of the rare-class score
-    accuracy_control_images: int = field(default=300, metadata=_range(2))
+    max_drop: float = field(default=0.05, metadata=range_(0.0, 1.0))  # of the rare-class score
+    accuracy_control_images: int = field(default=300, metadata=range_(2))
 
 
 @dataclass(frozen=True)
 class _Common:
-    opset: int = field(default=17, metadata=_range(17, 23))
+    opset: int = field(default=17, metadata=range_(17, 23))
     dynamic_batch: bool = True
-    batch_size: int = field(default=1, metadata=_range(1))  # the fixed batch when dynamic_batch is false
-    threads: int | None = field(default=None, metadata=_range(1))  # runtime threads for checks and timing
+    batch_size: int = field(default=1, metadata=range_(1))  # the fixed batch when dynamic_batch is false
+    threads: int | None = field(default=None, metadata=range_(1))  # runtime threads for checks and timing
     check: GateConfig = field(default_factory=GateConfig)
 
 
@@ -181,9 +173,9 @@ class OpenVINOProfile(_Common):
 class TensorRTProfile(_Common):
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
     dynamic_batch: bool = False
-    max_batch_size: int = field(default=8, metadata=_range(1))  # upper bound of the profile when dynamic
+    max_batch_size: int = field(default=8, metadata=range_(1))  # upper bound of the profile when dynamic
     build_engine: bool = False  # true: a missing GPU / tensorrt is an error
-    workspace_mb: int = field(default=1024, metadata=_range(16))
+    workspace_mb: int = field(default=1024, metadata=range_(16))
     quantize_op_types: list[str] = field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
     quantization: QuantizationConfig = field(default_factory=lambda: QuantizationConfig(method="ptq"))
     calibration: OrtCalibrationConfig = field(default_factory=OrtCalibrationConfig)
@@ -192,19 +184,21 @@ class TensorRTProfile(_Common):
 
 Profile = OnnxProfile | OnnxRuntimeProfile | OpenVINOProfile | TensorRTProfile
 
-PROFILE_TYPES: dict[str, type] = {
-    "onnx": OnnxProfile,
-    "onnxruntime": OnnxRuntimeProfile,
-    "openvino": OpenVINOProfile,
-    "tensorrt": TensorRTProfile,
-}
+def targets() -> tuple[str, ...]:
+    """Every registered target (see :mod:`fopro_edge.deploy.backends`)."""
+    from fopro_edge.deploy import backends
+
+    return backends.names()
+
+
+def profile_type(target: str, key: str = "--target") -> type:
+    from fopro_edge.deploy import backends
+
+    return backends.get(target, key).profile
 
 
 def check_target(target: str, key: str = "--target") -> str:
-    if target not in PROFILE_TYPES:
-        close = difflib.get_close_matches(target, TARGETS, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"{key}: unknown target '{target}' ({hint}choose one of: {', '.join(TARGETS)})")
+    profile_type(target, key)
     return target
 
 
@@ -221,7 +215,7 @@ def precisions(target: str) -> tuple[str, ...]:
     """The precisions ``target`` can export."""
     import typing
 
-    return typing.get_args(typing.get_type_hints(PROFILE_TYPES[check_target(target)])["precision"])
+    return typing.get_args(typing.get_type_hints(profile_type(target))["precision"])
 
 
 def read_profile_file(path: str | Path) -> dict[str, Any]:
@@ -230,7 +224,7 @@ def read_profile_file(path: str | Path) -> dict[str, Any]:
 
 def validate_layer(target: str, raw: Mapping[str, Any], source: str, prefix: str = "") -> None:
     """Check one layer of settings (unknown keys, types, ranges); raise a one-line ConfigError."""
-    profile = convert_section(PROFILE_TYPES[check_target(target)], dict(raw), prefix=prefix, source=source)
+    profile = convert_section(profile_type(target), dict(raw), prefix=prefix, source=source)
     repair = getattr(profile, "repair", None)
     if repair is not None and any(k < 1 for k in repair.float_layers):
         key = f"{prefix}.repair.float_layers" if prefix else "repair.float_layers"
@@ -242,9 +236,9 @@ def validate_recipe_export(export: Mapping[str, Any], source: str) -> None:
     if not isinstance(export, Mapping):
         raise ConfigError(f"{source}: export: expected a mapping of targets, got {type(export).__name__}")
     for target, raw in export.items():
-        if target not in PROFILE_TYPES:
-            close = difflib.get_close_matches(str(target), TARGETS, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known targets: {', '.join(TARGETS)}"
+        if target not in targets():
+            close = difflib.get_close_matches(str(target), targets(), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known targets: {', '.join(targets())}"
             raise ConfigError(f"{source}: export.{target}: unknown target ({hint})")
         if raw is None:
             continue
@@ -307,7 +301,7 @@ def load_profile(
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = deep_merge(merged, layer)
-    return convert_section(PROFILE_TYPES[target], merged, source="merged export profile")
+    return convert_section(profile_type(target), merged, source="merged export profile")
 
 
 def profile_to_dict(profile: Any) -> dict[str, Any]:

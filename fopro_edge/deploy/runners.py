@@ -1,7 +1,8 @@
 """One runner interface for every runtime, used by the gate and by the benchmark tool.
 
 A runner is a context manager with ``name``, ``precision``, ``batch_size`` (``None`` when the
-batch dimension is dynamic), ``info`` (what the runtime actually uses, e.g. OpenVINO's inference
+batch dimension is dynamic), ``image_size`` (the static spatial input size, ``None`` when the graph
+leaves it open), ``info`` (what the runtime actually uses, e.g. OpenVINO's inference
 precision) and ``infer(batch) -> logits`` on float32 RGB [0, 1] NCHW arrays.
 """
 
@@ -31,6 +32,7 @@ class Runner(Protocol):
     name: str
     precision: str
     batch_size: int | None
+    image_size: int | None
     info: dict[str, Any]
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
@@ -44,6 +46,7 @@ class _Base:
     name = "runner"
     precision = "fp32"
     batch_size: int | None = None
+    image_size: int | None = None
 
     def __init__(self) -> None:
         self.info: dict[str, Any] = {}
@@ -126,8 +129,7 @@ class OrtRunner(_Base):
         self.session = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
-        dim0 = inp.shape[0]
-        self.batch_size = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+        self.batch_size, self.image_size = _static_dims(inp.shape)
         self.info = {
             "providers": self.session.get_providers(),
             "threads": threads or "default",
@@ -192,7 +194,7 @@ class OpenVINORunner(_Base):
         self.compiled = core.compile_model(model, device, config)
         self.request = self.compiled.create_infer_request()
         shape = model.inputs[0].get_partial_shape()
-        self.batch_size = shape[0].get_length() if shape[0].is_static else None
+        self.batch_size, self.image_size = _static_dims([d.get_length() if d.is_static else None for d in shape])
         try:
             actual = ov_precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         except RuntimeError:  # devices without the property
@@ -241,8 +243,7 @@ class TensorRTRunner(_Base):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        dim0 = self.engine.get_tensor_shape(self.input_name)[0]
-        self.batch_size = int(dim0) if dim0 > 0 else None
+        self.batch_size, self.image_size = _static_dims([int(d) for d in self.engine.get_tensor_shape(self.input_name)])
         self.precision = precision
         self.info = {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(self.device)}
 
@@ -263,6 +264,16 @@ class TensorRTRunner(_Base):
     def close(self) -> None:
         self.context = None
         self.engine = None
+
+
+def _static_dims(dims: Any) -> tuple[int | None, int | None]:
+    """``(batch, spatial size)`` of an NCHW input shape; ``None`` where a dimension is dynamic."""
+    dims = list(dims)
+
+    def static(d: Any) -> int | None:
+        return int(d) if isinstance(d, int) and d > 0 else None
+
+    return (static(dims[0]) if dims else None), (static(dims[-1]) if len(dims) == 4 else None)
 
 
 def iter_chunks(images: np.ndarray, batch_size: int | None, default: int = 32) -> Iterator[tuple[np.ndarray, int]]:
