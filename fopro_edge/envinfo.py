@@ -122,16 +122,19 @@ def openvino_info() -> dict[str, Any] | None:
         import openvino as ov
     except ImportError:
         return None
-    core = ov.Core()
-    out: dict[str, Any] = {"version": ov.get_version(), "devices": list(core.available_devices)}
-    try:
-        from fopro_edge.deploy.runners import ov_precision_name
+    from fopro_edge.deploy import signal_stack
+    from fopro_edge.deploy.runners import ov_precision_name
 
-        out["cpu_capabilities"] = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-        out["cpu_default_inference_precision"] = ov_precision_name(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
-        out["cpu_name"] = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
-    except Exception as e:  # noqa: BLE001 - a property this OpenVINO build does not have
-        out["cpu_properties_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    with signal_stack.kept():
+        core = ov.Core()
+        out: dict[str, Any] = {"version": ov.get_version(), "devices": list(core.available_devices)}
+        try:
+            out["cpu_capabilities"] = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+            out["cpu_default_inference_precision"] = ov_precision_name(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+            out["cpu_name"] = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+        except Exception as e:  # noqa: BLE001 - a property this OpenVINO build does not have
+            out["cpu_properties_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        del core
     return out
 
 

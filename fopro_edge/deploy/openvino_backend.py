@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fopro_edge.deploy import signal_stack
 from fopro_edge.deploy.artifact import ModelArtifact
 from fopro_edge.deploy.calibration import nncf_dataset
 from fopro_edge.deploy.runners import OPENVINO_HINT
@@ -133,7 +134,7 @@ def quantize_ir(
     nncf = _nncf()
     model = read_onnx_as_ov(onnx_path)
     subset = int(len(images))
-    with _quiet():
+    with _quiet(), signal_stack.kept():  # NNCF compiles models in Cores of its own
         q = nncf.quantize(
             model,
             nncf_dataset(images),
@@ -182,7 +183,7 @@ def quantize_ir_with_accuracy_control(
 
     model = read_onnx_as_ov(onnx_path)
     subset = int(len(images))
-    with _quiet():
+    with _quiet(), signal_stack.kept():  # NNCF compiles models in Cores of its own
         q = nncf.quantize_with_accuracy_control(
             model,
             nncf_dataset(images),

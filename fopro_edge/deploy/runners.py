@@ -188,6 +188,9 @@ class OpenVINORunner(_Base):
             config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[inference_precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        from fopro_edge.deploy import signal_stack
+
+        signal_stack.remember()  # OpenVINO swaps the thread's signal stack: see close()
         core = ov.Core()
         model = core.read_model(str(path))
         self.precision = precision
@@ -213,8 +216,11 @@ class OpenVINORunner(_Base):
         return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     def close(self) -> None:
+        from fopro_edge.deploy import signal_stack
+
         self.request = None
         self.compiled = None
+        signal_stack.repair()
 
 
 class TensorRTRunner(_Base):
