@@ -38,10 +38,12 @@ def mib(*paths: Path) -> float:
 
 def kept_step(export_dir: Path, step_dir: str) -> dict:
     """The export manifest's step for a kept artifact: its gate status and settings."""
-    step = next(s for s in json.loads((export_dir / "export.json").read_text())["steps"] if Path(s["directory"]).name == step_dir)
-    conf = step.get("confirmation") or {}
-    return {"status": step["status"], "gate_split": step["gate"]["split"], "confirmation": conf.get("status"),
-            "confirmation_split": conf.get("split"), "settings": step["artifact"].get("metadata", {})}
+    from fopro_edge.deploy.pipeline import read_export
+
+    step = next(s for s in read_export(export_dir / "export.json").steps if Path(s.directory).name == step_dir)
+    conf = step.confirmation
+    return {"status": step.status, "gate_split": step.gate.split, "confirmation": conf.status if conf else None,
+            "confirmation_split": conf.split if conf else None, "settings": step.artifact.metadata}
 
 
 def build_defaults(run: Path, work: Path, cal: dict) -> tuple[Path, Path]:

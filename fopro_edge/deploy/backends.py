@@ -47,13 +47,20 @@ class Backend:
     built_on_device: bool = False
 
     def missing(self) -> list[str]:
-        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+        return [m for m in self.requires if not _importable(m)]
 
     def require(self) -> None:
         """:class:`MissingDependencyError` (exit code 3) naming the install command when absent."""
         absent = self.missing()
         if absent:
             raise MissingDependencyError(f"{self.install_hint} (missing: {', '.join(absent)})")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it (import blocked)
+        return False
 
 
 _REGISTRY: dict[str, Backend] = {}

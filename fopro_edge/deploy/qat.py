@@ -12,10 +12,11 @@ is exported like any PyTorch model: QDQ ONNX for ONNX Runtime / TensorRT, an IR 
 from __future__ import annotations
 
 import copy
-import os
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,28 @@ def _nncf_torch():
     from fopro_edge.deploy.openvino_backend import _nncf
 
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
-    return _nncf()
+    nncf = _nncf()
+    _clear_stale_build_lock()
+    return nncf
+
+
+STALE_LOCK_S = 900  # far longer than the extension build takes, even on a busy 2-core machine
+
+
+def _clear_stale_build_lock() -> None:
+    """torch's extension builder guards a build with a ``lock`` file; a build that was killed leaves
+    it behind, and every later load waits on it for ever (NNCF's FAQ: "importing anything from
+    nncf.torch hangs"). A lock older than any build takes is removed, with a warning."""
+    from nncf.torch.extensions import get_build_directory_for_extension
+
+    lock = Path(get_build_directory_for_extension("quantized_functions_cpu")) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        log.warning("removing %s, left %.0f min ago by an extension build that did not finish", lock, age / 60)
+        lock.unlink(missing_ok=True)
 
 
 def fold_batchnorm(student: Any) -> Any:

@@ -1,0 +1,127 @@
+"""Do the INT8 gates hold across seeds? One row per run and INT8 export step.
+
+    for S in 0 1 2 3 4; do fopro-edge run recipes/demo_digits.yaml --set seed=$S --out runs/demo-s$S; done
+    python benchmarks/int8_seeds.py runs/demo-s* --out benchmarks/results/int8_seeds_demo
+
+Per run and target, read back from ``RUN/export/<target>/export.json``: the step's status, the
+try that was kept, how many weighted ops take INT8 weights, balanced accuracy FP32 -> INT8 and
+rare right->wrong flips on the selection split (every try was scored there) and on the
+confirmation split (no try was scored there); then, per recipe and target, the mean and the
+largest drop. The header names the machine and its CPU class (AVX2 only, VNNI, AMX, ARM), because
+INT8 numerics depend on it. Writes ``<out>.json`` and ``<out>.md``; prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def rows_of(run: Path) -> list[dict]:
+    from fopro_edge.config import load_recipe
+    from fopro_edge.deploy.pipeline import read_export
+
+    recipe = load_recipe(run / "recipe.yaml", check_paths=False)
+    out = []
+    for manifest in sorted((run / "export").glob("*/export.json")):
+        result = read_export(manifest)
+        for step in result.steps:
+            if step.artifact is None or step.artifact.precision != "int8" or step.gate is None:
+                continue
+            g, c = step.gate, step.confirmation
+            chosen = step.repair.attempts[step.repair.chosen - 1] if step.repair else None
+            int8_ops = step.extra.get("int8_weighted_ops", {})
+            out.append({
+                "recipe": recipe.name, "seed": recipe.seed, "run": str(run), "target": result.target, "step": step.name,
+                "status": step.status, "kept": f"try {chosen.number}: {chosen.label}" if chosen else "try 1",
+                "int8_ops": int8_ops.get("int8"), "weighted_ops": int8_ops.get("total"),
+                "select_split": g.split, "select_ref": g.reference.balanced_accuracy, "select_int8": g.candidate.balanced_accuracy,
+                "select_flips": g.flips.total, "select_rare_rw": g.flips.rare_right_to_wrong,
+                "confirm_split": c.split if c else None,
+                "confirm_ref": c.reference.balanced_accuracy if c else None,
+                "confirm_int8": c.candidate.balanced_accuracy if c else None,
+                "confirm_flips": c.flips.total if c else None, "confirm_rare_rw": c.flips.rare_right_to_wrong if c else None,
+            })
+    return out
+
+
+def summaries(rows: list[dict]) -> list[dict]:
+    out = []
+    for key in dict.fromkeys((r["recipe"], r["target"]) for r in rows):
+        rs = [r for r in rows if (r["recipe"], r["target"]) == key]
+        sel = [100 * (r["select_ref"] - r["select_int8"]) for r in rs]
+        conf = [100 * (r["confirm_ref"] - r["confirm_int8"]) for r in rs if r["confirm_ref"] is not None]
+        cov = [r["int8_ops"] / r["weighted_ops"] for r in rs if r["weighted_ops"]]
+        out.append({
+            "recipe": key[0], "target": key[1], "runs": len(rs), "passed": sum(r["status"] == "PASSED" for r in rs),
+            "select_drop_mean": statistics.fmean(sel), "select_drop_max": max(sel),
+            "confirm_drop_mean": statistics.fmean(conf) if conf else None, "confirm_drop_max": max(conf) if conf else None,
+            "confirm_rare_rw_total": sum(r["confirm_rare_rw"] or 0 for r in rs),
+            "min_int8_coverage": min(cov) if cov else None,
+        })
+    return out
+
+
+def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> str:
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    lines = [
+        "# INT8 gates across seeds", "", f"Machine: {machine}", "", f"Command: `{command}`", "",
+        "Balanced accuracy %, FP32 student -> kept INT8 artifact; drop in points. Selection: the split every "
+        "repair try was scored on; confirmation: the other split, scored once on the kept artifact.", "",
+        "| recipe | seed | target | status | kept | INT8 ops | selection | rare r→w | flips | confirmation | rare r→w | flips |",
+        "|---|---:|---|---|---|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['recipe']} | {r['seed']} | {r['target']} | {r['status']} | {r['kept']} | {r['int8_ops']}/{r['weighted_ops']} | "
+            f"{r['select_split']} {pct(r['select_ref'])} → {pct(r['select_int8'])} | {r['select_rare_rw']} | {r['select_flips']} | "
+            f"{r['confirm_split'] or '–'} {pct(r['confirm_ref'])} → {pct(r['confirm_int8'])} | "
+            f"{'–' if r['confirm_rare_rw'] is None else r['confirm_rare_rw']} | {'–' if r['confirm_flips'] is None else r['confirm_flips']} |")
+    lines += ["", "| recipe | target | passed | selection drop mean / max | confirmation drop mean / max | "
+                  "rare r→w on confirmation (all runs) | least INT8 coverage |", "|---|---|---:|---|---|---:|---:|"]
+    for s in sums:
+        conf = ("–" if s["confirm_drop_mean"] is None
+                else f"{s['confirm_drop_mean']:+.2f} / {s['confirm_drop_max']:+.2f}")
+        cov = "–" if s["min_int8_coverage"] is None else f"{100 * s['min_int8_coverage']:.0f} %"
+        lines.append(f"| {s['recipe']} | {s['target']} | {s['passed']}/{s['runs']} | "
+                     f"{s['select_drop_mean']:+.2f} / {s['select_drop_max']:+.2f} | {conf} | {s['confirm_rare_rw_total']} | {cov} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, nargs="+", help="run directories written by fopro-edge run")
+    ap.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
+    ap.add_argument("--command", default="", help="the command that made the runs, for the report")
+    args = ap.parse_args()
+
+    from fopro_edge.deploy.cpu_target import this_cpu
+    from fopro_edge.envinfo import collect_env
+
+    rows = [r for run in args.runs for r in rows_of(run)]
+    if not rows:
+        print("no INT8 export step in the given runs", file=sys.stderr)
+        return 2
+    sums = summaries(rows)
+    env = collect_env()
+    machine = f"{env['cpu'].get('model') or 'unknown CPU'}, {env['cpu'].get('logical_cores')} logical cores, CPU class {this_cpu()}"
+    text = markdown(rows, sums, machine, args.command)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "env": env, "command": args.command,
+                                                            "rows": rows, "summaries": sums}, indent=1))
+        args.out.with_suffix(".md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
