@@ -204,7 +204,7 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), *, check
     Relative paths in the recipe are resolved against the recipe's folder.
     """
     path = Path(path)
-    raw = read_yaml_mapping(path, "recipe")
+    raw = read_yaml_mapping(path, "recipe", allow_empty=False)
     return recipe_from_dict(raw, overrides, source=str(path), base_dir=path.parent, check_paths=check_paths)
 
 

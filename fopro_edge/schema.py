@@ -28,17 +28,25 @@ def path_(kind: Literal["file", "dir", "any", "weights"] = "any") -> dict:
     return {"path": kind}
 
 
-def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """Plain data from a YAML file that must hold a mapping; duplicate keys and Python tags refused."""
+def read_yaml_mapping(path: str | Path, what: str, *, allow_empty: bool = True) -> dict[str, Any]:
+    """Plain data from a YAML file that must hold a mapping; duplicate keys and Python tags refused;
+    an empty file (or comments only) is ``{}``, or an error when not ``allow_empty``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: {what} file not found (check the path)")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}); a {what} is YAML text") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if raw is None and not allow_empty:
+        raise ConfigError(f"{path}: the {what} is empty (write at least a name and a data section, e.g. copy "
+                          "recipes/demo_digits.yaml)")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         article = "an" if what[0] in "aeiou" else "a"

@@ -84,6 +84,15 @@ def test_recipe_file_errors(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_recipe(listy)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"empty.yaml: the recipe is empty"):
+        load_recipe(empty)
+    binary = tmp_path / "model.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(ConfigError, match=r"model.yaml: not a UTF-8 text file \(byte 0\)") as e:
+        load_recipe(binary)
+    assert "\n" not in str(e.value)
 
 
 def test_relative_paths_resolve_against_the_recipe(tmp_path):
