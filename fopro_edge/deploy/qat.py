@@ -67,9 +67,12 @@ def _clear_stale_build_lock() -> None:
     """torch's extension builder guards a build with a ``lock`` file; a build that was killed leaves
     it behind, and every later load waits on it for ever (NNCF's FAQ: "importing anything from
     nncf.torch hangs"). A lock older than any build takes is removed, with a warning."""
-    from nncf.torch.extensions import get_build_directory_for_extension
+    try:
+        from nncf.torch.extensions import get_build_directory_for_extension
 
-    lock = Path(get_build_directory_for_extension("quantized_functions_cpu")) / "lock"
+        lock = Path(get_build_directory_for_extension("quantized_functions_cpu")) / "lock"
+    except (ImportError, AttributeError, OSError):  # another NNCF layout: leave it to NNCF
+        return
     try:
         age = time.time() - lock.stat().st_mtime
     except FileNotFoundError:
