@@ -349,3 +349,35 @@ def test_no_deploy_module_is_named_like_the_package_it_wraps():
     deploy = Path(__file__).resolve().parents[1] / "fopro_edge" / "deploy"
     names = {p.stem for p in deploy.glob("*.py")}
     assert not names & {"onnx", "onnxruntime", "openvino", "tensorrt", "nncf"}
+
+
+def _outcome(passed: bool, rare_rw: int, flips: int):
+    from types import SimpleNamespace
+
+    from fopro_edge.deploy.repair import Outcome
+
+    report = SimpleNamespace(
+        passed=passed, status="PASSED" if passed else "FAILED", failing_classes=() if passed else ("c",),
+        flips=SimpleNamespace(rare_right_to_wrong=rare_rw, total=flips), balanced_accuracy_drop=0.0,
+        candidate=SimpleNamespace(balanced_accuracy=0.9, rare_recall=0.9),
+    )
+    return Outcome(None, report, {}, 10)
+
+
+@pytest.mark.parametrize("until, tries, chosen", [("passed", 1, 1), ("clean", 3, 3)])
+def test_repair_goes_on_past_a_pass_with_a_rare_flip_until_clean(until, tries, chosen):
+    from fopro_edge.deploy.repair import TryPlan, run_tries
+
+    outcomes = [_outcome(True, 1, 4), _outcome(False, 0, 9), _outcome(True, 0, 2), _outcome(True, 0, 0)]
+    made = []
+
+    def make(plan, best, k):
+        made.append(k)
+        return outcomes[k - 1]
+
+    plans = [TryPlan(f"try {k}") for k in (2, 3, 4)]
+    best, log = run_tries(TryPlan("ptq"), make, plans, enabled=True, until=until)
+    assert made == list(range(1, tries + 1)) and log.chosen == chosen and best is outcomes[chosen - 1]
+    assert log.passed and log.until == until and len(log.attempts) == tries
+    # a failing try never replaces a passing one, however few its rare flips
+    assert [a.status for a in log.attempts][:2] == ["PASSED", "FAILED"][:tries]

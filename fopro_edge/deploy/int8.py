@@ -111,7 +111,7 @@ def int8_step(x: ExportContext, onnx_step: StepResult, b: Int8Backend, scheme: I
     )
     first = (TryPlan("quantization-aware distillation (QAT-KD) from the FP32 student", qat=True) if method == "qat"
              else TryPlan(b.base_label, accuracy_control=b.accuracy_control_first))
-    best, rlog = run_tries(first, make, plans, enabled=r.enabled)
+    best, rlog = run_tries(first, make, plans, enabled=r.enabled, until=r.until)
     for f in b.cleanup:
         f.unlink(missing_ok=True)
     art = _keep(best.artifact, d / f"model{b.suffix}", d, f"try-*{b.suffix}")

@@ -64,6 +64,9 @@ class RepairConfig:
     set comes first when the calibration set misses a rare class."""
 
     enabled: bool = True
+    # clean: tries go on while the best one fails or flips any rare image right->wrong on the selection
+    # split (the gate allows max_rare_right_to_wrong; the aim is none); passed: stop at the first pass
+    until: Literal["clean", "passed"] = "clean"
     max_tries: int = field(default=6, metadata=range_(1, 50))
     qat: bool = True  # a QAT-KD try (method auto)
     calibration_size_factor: float = field(default=2.0, metadata=range_(1.0, 100.0))  # 1: no larger-set try

@@ -75,14 +75,17 @@ class RepairLog:
     chosen: int  # number of the attempt whose artifact was kept
     passed: bool
     budget: int
+    until: str = "passed"  # passed | clean (see is_done)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "chosen": self.chosen, "budget": self.budget,
+        return {"passed": self.passed, "chosen": self.chosen, "budget": self.budget, "until": self.until,
                 "attempts": [a.to_dict() for a in self.attempts]}
 
     def to_markdown(self) -> str:
+        aim = "a pass with no rare right→wrong flip" if self.until == "clean" else "the first pass"
         lines = [
-            f"Tries (budget {self.budget}; kept: try {self.chosen}, {'PASSED' if self.passed else 'FAILED'}):",
+            f"Tries (budget {self.budget}, until {aim}; kept: try {self.chosen}, "
+            f"{'PASSED' if self.passed else 'FAILED'}):",
             "",
             "| try | what | method | float layers | calib. images | status | bal. acc % | drop pt | rare recall % "
             "| rare right→wrong | flips | failing classes |",
@@ -136,11 +139,19 @@ def plan_repairs(
 
 
 def score_key(o: Outcome) -> tuple:
-    """Higher is better: passed, fewer failing classes, fewer rare right->wrong flips, higher bal. acc."""
+    """Higher is better: passed, fewer failing classes, fewer rare right->wrong flips, fewer changed
+    predictions, higher balanced accuracy."""
     r = o.report
     if r is None:
-        return (False, -10**9, -10**9, -1.0)
-    return (r.passed, -len(r.failing_classes), -r.flips.rare_right_to_wrong, r.candidate.balanced_accuracy)
+        return (False, -10**9, -10**9, -10**9, -1.0)
+    return (r.passed, -len(r.failing_classes), -r.flips.rare_right_to_wrong, -r.flips.total,
+            r.candidate.balanced_accuracy)
+
+
+def is_done(o: Outcome, until: str) -> bool:
+    """``passed``: the gate passed; ``clean``: it passed and no rare image flipped right->wrong."""
+    r = o.report
+    return r is not None and r.passed and (until == "passed" or r.flips.rare_right_to_wrong == 0)
 
 
 def _attempt(number: int, label: str, o: Outcome, seconds: float) -> Attempt:
@@ -164,8 +175,10 @@ def run_tries(
     plans: Sequence[TryPlan],
     *,
     enabled: bool,
+    until: str = "passed",
 ) -> tuple[Outcome, RepairLog]:
-    """Run the base try, then the repair plans while the gate fails; return the best outcome.
+    """Run the base try, then the repair plans until the best try is done (:func:`is_done`: the gate
+    passed, and with ``until="clean"`` no rare right->wrong flip); return the best outcome.
 
     ``make(plan, best_so_far, number)`` builds and checks one artifact. An exception in a repair
     try is recorded and the next plan runs; the base try's exceptions propagate.
@@ -174,7 +187,7 @@ def run_tries(
     best = make(first, None, 1)
     attempts = [_attempt(1, first.label, best, time.perf_counter() - t0)]
     chosen = 1
-    if enabled and not (best.report and best.report.passed):
+    if enabled and not is_done(best, until):
         for i, plan in enumerate(plans, start=2):
             t0 = time.perf_counter()
             try:
@@ -188,7 +201,7 @@ def run_tries(
             log.info("repair try %d: %s -> %s", i, plan.label, attempts[-1].status)
             if score_key(o) > score_key(best):
                 best, chosen = o, i
-            if o.report is not None and o.report.passed:
+            if is_done(best, until):
                 break
     passed = bool(best.report and best.report.passed)
-    return best, RepairLog(tuple(attempts), chosen, passed, 1 + (len(plans) if enabled else 0))
+    return best, RepairLog(tuple(attempts), chosen, passed, 1 + (len(plans) if enabled else 0), until)
