@@ -130,14 +130,15 @@ def _qat(x: ExportContext, b: Int8Backend, scheme: Int8Scheme):
     from fopro_edge.deploy import qat
 
     _, images = x.calibration()
-    quantized = qat.fake_quantize(x.student, images, preset=b.qat_preset, seven_bit_weights=scheme.reduce_range)
     sel_images, sel_labels, sel_reference = x.selection_arrays()
     data = x.recipe.data
-    return qat.qat_distill(
-        x.student, quantized, x.splits.train, image_size=x.info.image_size, config=x.profile.qat,
-        augment=data.augment, flips=data.flips, select_images=sel_images, select_labels=sel_labels,
-        select_reference=sel_reference, rare_ids=x.rare_ids, seed=x.profile.calibration.seed,
-    )
+    with qat.torch_threads(x.profile.threads):
+        quantized = qat.fake_quantize(x.student, images, preset=b.qat_preset, seven_bit_weights=scheme.reduce_range)
+        return qat.qat_distill(
+            x.student, quantized, x.splits.train, image_size=x.info.image_size, config=x.profile.qat,
+            augment=data.augment, flips=data.flips, select_images=sel_images, select_labels=sel_labels,
+            select_reference=sel_reference, rare_ids=x.rare_ids, seed=x.profile.calibration.seed,
+        )
 
 
 def _rel(p: Path, base: Path) -> str:

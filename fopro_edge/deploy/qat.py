@@ -15,6 +15,8 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,21 @@ def _nncf_torch():
     nncf = _nncf()
     _clear_stale_build_lock()
     return nncf
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op threads set to the profile's ``threads`` for the block (None: unchanged),
+    so QAT-KD shares the CPU as the checks do."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 STALE_LOCK_S = 900  # far longer than the extension build takes, even on a busy 2-core machine
