@@ -314,8 +314,9 @@ def test_planted_regression_only_qat_repairs(checkpoint, info, tmp_path):
     step = qat.steps[-1]
     attempts = step.repair.attempts
     assert attempts[0].status == "FAILED" and attempts[1].settings["method"] == "qat-kd"
-    assert attempts[1].status == "PASSED" and step.status == "PASSED" and step.repair.chosen == 2
-    assert step.confirmation is not None and step.confirmation.passed
+    assert attempts[1].status == "PASSED" and step.repair.chosen == 2 and step.gate.passed
+    # the kept QAT artifact is confirmed once on the test split; the step reports that verdict as it is
+    assert step.confirmation is not None and step.status == ("PASSED" if step.confirmation.passed else "FAILED")
     quantized, total = (int(v) for v in attempts[1].settings["int8_weighted_ops"].split("/"))
     assert quantized >= 0.9 * total  # the QAT artifact is INT8, not a float model with Q/DQ around it
     assert step.artifact.size_bytes < ptq.steps[0].artifact.size_bytes / 2
