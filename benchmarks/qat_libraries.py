@@ -140,8 +140,8 @@ class Task:
         """The shared QAT-KD loop; ``to_train``/``to_eval`` put the library's model in the mode it needs
         (every library runs its forward passes without dropout)."""
         import torch
-        import torch.nn.functional as F
 
+        from fopro_edge.deploy.qat import qat_kd_loss
         from fopro_edge.distill.losses import BalancedSoftmax
 
         a = self.args
@@ -156,9 +156,7 @@ class Task:
             with torch.no_grad():
                 t_logits = teacher(x).float()
             s_logits = model(x).float()
-            kd = F.kl_div(F.log_softmax(s_logits / T, 1), F.log_softmax(t_logits / T, 1), reduction="batchmean",
-                          log_target=True) * T * T
-            loss = kd + a.bsm_weight * bsm(s_logits, y)
+            loss = qat_kd_loss(s_logits, t_logits, y, bsm, temperature=T, bsm_weight=a.bsm_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in params if p.requires_grad], 5.0)

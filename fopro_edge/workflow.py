@@ -289,14 +289,13 @@ def _results_section(run: Path, metrics: Mapping[str, Any] | None) -> list[str]:
     return out
 
 
-def _export_section(run: Path, skipped: Sequence[SkippedTarget]) -> list[str]:
+def _export_section(run: Path, exports: Sequence[Any], skipped: Sequence[SkippedTarget]) -> list[str]:
     from fopro_edge.distill.report import markdown_table
 
     out = ["## 4. Export steps and their rare-class gates\n",
            ("Every step is compared image by image with the PyTorch student on the check split: balanced accuracy, "
             "rare-class recall and flips (right→wrong on rare-class images). A failed step keeps its artifact, "
             "marked FAILED.\n")]
-    exports = _read_exports(run)
     if not exports and not skipped:
         out.append("(nothing exported)\n")
     for e in exports:
@@ -339,8 +338,7 @@ def _bench_section(run: Path) -> list[str]:
     return ["## 5. Latency on this machine\n" + rest.replace("\n### Machine\n", "\n### Machine (fingerprint)\n")]
 
 
-def _headline(run: Path, metrics: Mapping[str, Any] | None, recipe: Recipe | None) -> list[str]:
-    exports = _read_exports(run)
+def _headline(run: Path, metrics: Mapping[str, Any] | None, recipe: Recipe | None, exports: Sequence[Any]) -> list[str]:
     gates = ("all export gates PASSED" if exports and all(e.passed for e in exports)
              else "gate " + ", ".join(f"{e.target} {e.status}" for e in exports if not e.passed) if exports
              else "nothing exported")
@@ -374,14 +372,15 @@ def write_run_report(run_dir: str | Path, *, timings: Mapping[str, float] | None
     if not run.is_dir():
         raise ConfigError(f"--run: {run} is not a directory")
     recipe = _read_recipe(run)
+    exports = _read_exports(run)
     metrics = _load_json(run / "metrics" / "metrics.json")
     longtail = _load_json(run / "longtail.json")
     parts = [
-        *_headline(run, metrics, recipe),
+        *_headline(run, metrics, recipe, exports),
         *_data_section(run, longtail, recipe),
         *_method_section(recipe, metrics),
         *_results_section(run, metrics),
-        *_export_section(run, skipped),
+        *_export_section(run, exports, skipped),
         *_bench_section(run),
     ]
     if timings:

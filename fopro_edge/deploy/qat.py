@@ -254,6 +254,17 @@ def _score(labels: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray, rare_ids:
     return r2w, flips, bacc
 
 
+def qat_kd_loss(s_logits: Any, t_logits: Any, labels: Any, bsm: Any, *, temperature: float, bsm_weight: float) -> Any:
+    """QAT-KD's objective: logit KD (KL at ``temperature``, scaled by T²) from the FP32 student plus
+    ``bsm_weight`` x Balanced Softmax on the labels."""
+    import torch.nn.functional as F
+
+    T = temperature
+    kd = F.kl_div(F.log_softmax(s_logits / T, 1), F.log_softmax(t_logits / T, 1), reduction="batchmean",
+                  log_target=True) * T * T
+    return kd + bsm_weight * bsm(s_logits, labels)
+
+
 def qat_distill(
     student: Any,
     quantized: Any,
@@ -275,7 +286,6 @@ def qat_distill(
     ``augment`` / ``flips``: the recipe's training augmentation.
     """
     import torch
-    import torch.nn.functional as F
 
     from fopro_edge.data import CheckedDataLoader, ImageDataset, build_sampler, build_transform
     from fopro_edge.distill.losses import BalancedSoftmax
@@ -324,9 +334,7 @@ def qat_distill(
         with torch.no_grad():
             t_logits = teacher(x).float()
         s_logits = model(x).float()
-        kd = F.kl_div(F.log_softmax(s_logits / T, 1), F.log_softmax(t_logits / T, 1), reduction="batchmean",
-                      log_target=True) * T * T
-        loss = kd + config.bsm_weight * bsm(s_logits, y)
+        loss = qat_kd_loss(s_logits, t_logits, y, bsm, temperature=T, bsm_weight=config.bsm_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
