@@ -309,7 +309,7 @@ def _export_section(run: Path, exports: Sequence[Any], skipped: Sequence[Skipped
                 f"{g.parity.max_abs_logit_diff:.2g}" if g else "–",
                 f"{_pct(g.reference.balanced_accuracy)} → {_pct(g.candidate.balanced_accuracy)}" if g else "–",
                 f"{_pct(g.reference.rare_recall)} → {_pct(g.candidate.rare_recall)}" if g else "–",
-                f"{g.flips.total} ({g.flips.rare_right_to_wrong})" if g else "–",
+                f"{g.flips.total} ({g.flips.rare_text()})" if g else "–",
                 ", ".join(g.failing_classes) if g and g.failing_classes else "–",
                 s.status,
             ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,35 @@ def test_gate_class_without_images_is_unchecked_and_a_missing_rare_class_fails()
     assert r.classes[3].recall is None and "not checked" in r.to_markdown()
     strict = evaluate_gate(labels, _logits(labels), _logits(labels), NAMES, RARE, P.GateConfig())
     assert not strict.passed and strict.failing_classes == ("rare-b",) and "holds no image" in strict.reasons[0]
+
+
+def test_gate_rare_close_calls_are_listed_but_only_clear_losses_count_in_the_rare_limit():
+    labels = np.repeat(np.arange(4), 10)
+    ref = _logits(labels)
+    ref[20, 0] = 4.8  # rare-a image 20: right by a softmax gap of about 0.1 (a close call)
+    ref[21, 0] = 2.0  # rare-a image 21: right by a gap of about 0.89 (clear)
+    new = ref.copy()
+    new[20, 0] = new[21, 0] = 6.0  # both now predicted 'head'
+    strict = P.GateConfig(max_rare_right_to_wrong=0, max_rare_recall_drop=0.2, max_balanced_accuracy_drop=0.1, max_flip_rate=0.1)
+    r = evaluate_gate(labels, ref, new, NAMES, RARE, strict)
+    assert (r.flips.rare_right_to_wrong, r.flips.rare_close_calls, r.flips.rare_clear_right_to_wrong) == (2, 1, 1)
+    assert not r.passed and r.failing_classes == ("rare-a",) and "1 close call(s) more" in r.reasons[0]
+    lost = {x.index: x for x in r.rare_lost}
+    assert lost[20].close_call and not lost[21].close_call and lost[20].predicted == "head"
+    assert lost[20].reference_gap == pytest.approx(0.1, abs=0.01) and lost[21].reference_gap > 0.5
+    md = r.to_markdown()
+    assert "| 20 | rare-a | head |" in md and "no: close call" in md and "2 (1 close call)" == r.flips.rare_text()
+
+    new[21, 0] = 0.0  # only the close call is lost: the rare limit passes, and the report still lists it
+    r = evaluate_gate(labels, ref, new, NAMES, RARE, strict)
+    assert r.passed and r.flips.rare_close_calls == 1 and [x.index for x in r.rare_lost] == [20]
+    count_all = evaluate_gate(labels, ref, new, NAMES, RARE, replace(strict, close_call_gap=0.0))
+    assert not count_all.passed and count_all.flips.rare_close_calls == 0
+    lose_three = new.copy()
+    lose_three[22:24, 0] = 6.0  # close calls still count in the recall limit: 3 of 10 rare-a images is a 0.3 drop
+    lose_three[22:24, 2] = 5.5
+    r = evaluate_gate(labels, ref, lose_three, NAMES, RARE, strict)
+    assert not r.passed and any("recall 1.000 -> 0.700" in x for x in r.reasons)
 
 
 def test_rare_class_score_is_mean_rare_recall():
@@ -351,14 +381,17 @@ def test_no_deploy_module_is_named_like_the_package_it_wraps():
     assert not names & {"onnx", "onnxruntime", "openvino", "tensorrt", "nncf"}
 
 
-def _outcome(passed: bool, rare_rw: int, flips: int):
+def _outcome(passed: bool, rare_rw: int, flips: int, close_calls: int = 0):
     from types import SimpleNamespace
 
+    from fopro_edge.deploy.gate import Flips
     from fopro_edge.deploy.repair import Outcome
 
     report = SimpleNamespace(
         passed=passed, status="PASSED" if passed else "FAILED", failing_classes=() if passed else ("c",),
-        flips=SimpleNamespace(rare_right_to_wrong=rare_rw, total=flips), balanced_accuracy_drop=0.0,
+        flips=Flips(total=flips, right_to_wrong=rare_rw, wrong_to_right=0, other=flips - rare_rw, rare_total=rare_rw,
+                    rare_right_to_wrong=rare_rw, rare_wrong_to_right=0, rare_close_calls=close_calls),
+        balanced_accuracy_drop=0.0,
         candidate=SimpleNamespace(balanced_accuracy=0.9, rare_recall=0.9),
     )
     return Outcome(None, report, {}, 10)
@@ -381,3 +414,13 @@ def test_repair_goes_on_past_a_pass_with_a_rare_flip_until_clean(until, tries, c
     assert log.passed and log.until == until and len(log.attempts) == tries
     # a failing try never replaces a passing one, however few its rare flips
     assert [a.status for a in log.attempts][:2] == ["PASSED", "FAILED"][:tries]
+
+
+def test_repair_until_clean_stops_at_a_pass_whose_only_rare_loss_is_a_close_call():
+    from fopro_edge.deploy.repair import TryPlan, run_tries, score_key
+
+    outcomes = [_outcome(True, 1, 3, close_calls=1), _outcome(True, 0, 0)]
+    best, log = run_tries(TryPlan("ptq"), lambda plan, best, k: outcomes[k - 1], [TryPlan("qat")], enabled=True,
+                          until="clean")
+    assert best is outcomes[0] and len(log.attempts) == 1 and "1 (1 close call)" in log.to_markdown()
+    assert score_key(outcomes[1]) > score_key(outcomes[0])  # with both at hand, no close call lost is better

@@ -4,6 +4,11 @@ Pure functions over labels, predictions and logits. A class with no image in the
 no recall (``None``), is left out of every mean and is listed as unchecked; a rare one also fails the
 gate unless ``allow_missing_rare``. The verdict is taken on point estimates; paired bootstrap
 intervals and per-class sign tests say how much the check set can resolve.
+
+A *close call* is an image the PyTorch student gets right by less than ``close_call_gap`` of
+softmax probability over its runner-up class. Any INT8 rounding can tip such an image either way,
+so a rare close call that goes right->wrong is listed and counts in every recall, accuracy and
+flip-rate limit, but not in ``max_rare_right_to_wrong``, which limits clear losses.
 """
 
 from __future__ import annotations
@@ -72,6 +77,28 @@ class Flips:
     rare_total: int
     rare_right_to_wrong: int
     rare_wrong_to_right: int
+    rare_close_calls: int = 0  # of rare_right_to_wrong: close calls of the PyTorch student
+
+    @property
+    def rare_clear_right_to_wrong(self) -> int:
+        """Rare images the PyTorch student got clearly right that the artifact gets wrong."""
+        return self.rare_right_to_wrong - self.rare_close_calls
+
+    def rare_text(self) -> str:
+        """Rare right->wrong flips for a table cell, e.g. ``2`` or ``3 (2 close calls)``."""
+        n, c = self.rare_right_to_wrong, self.rare_close_calls
+        return f"{n} ({c} close call{'s' if c > 1 else ''})" if c else str(n)
+
+
+@dataclass(frozen=True)
+class LostImage:
+    """A rare-class image that went right -> wrong."""
+
+    index: int  # position in the check split
+    label: str
+    predicted: str
+    reference_gap: float  # the PyTorch student's probability of the label minus its runner-up's
+    close_call: bool
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,7 @@ class GateReport:
     balanced_accuracy_drop_ci: Interval | None = None
     flip_rate_ci: Interval | None = None
     notes: tuple[str, ...] = ()  # what the check set is too small to resolve; never changes the verdict
+    rare_lost: tuple[LostImage, ...] = ()  # every rare right->wrong image
 
     @property
     def status(self) -> str:
@@ -161,6 +189,24 @@ def rare_class_score(labels: np.ndarray, preds: np.ndarray, num_classes: int, ra
     the mean recall of the rare classes, or the balanced accuracy when no rare image is present."""
     s = scores(np.asarray(labels), np.asarray(preds), num_classes, rare_ids)
     return s.rare_recall if s.rare_recall is not None else s.balanced_accuracy
+
+
+def reference_gaps(labels: np.ndarray, reference_logits: np.ndarray) -> np.ndarray:
+    """Per image: the reference's softmax probability of the label minus that of its strongest other
+    class (negative where the reference is wrong)."""
+    z = np.asarray(reference_logits, np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    rows = np.arange(len(p))
+    true = p[rows, labels]
+    p[rows, labels] = -np.inf
+    return true - p.max(1) if p.shape[1] > 1 else true
+
+
+def close_calls(labels: np.ndarray, reference_logits: np.ndarray, gap: float) -> np.ndarray:
+    """Images the reference gets right by less than ``gap`` (see the module docstring)."""
+    g = reference_gaps(np.asarray(labels, np.int64), reference_logits)
+    return (g > 0) & (g < gap)
 
 
 def parity(reference_logits: np.ndarray, logits: np.ndarray) -> Parity:
@@ -297,6 +343,9 @@ def evaluate_gate(
     changed = ref_pred != pred
     r2w_mask, w2r_mask = ref_ok & ~ok, ~ref_ok & ok
     is_rare = np.isin(labels, list(rare_set)) if rare_set else np.zeros(len(labels), bool)
+    gaps = reference_gaps(labels, reference_logits) if len(labels) else np.zeros(0)
+    close = (gaps > 0) & (gaps < thresholds.close_call_gap)
+    lost = np.flatnonzero(r2w_mask & is_rare)
     flips = Flips(
         total=int(changed.sum()),
         right_to_wrong=int(r2w_mask.sum()),
@@ -305,6 +354,7 @@ def evaluate_gate(
         rare_total=int((changed & is_rare).sum()),
         rare_right_to_wrong=int((r2w_mask & is_rare).sum()),
         rare_wrong_to_right=int((w2r_mask & is_rare).sum()),
+        rare_close_calls=int(close[lost].sum()),
     )
     ref_rec, rec = recalls(labels, ref_pred, num_classes), recalls(labels, pred, num_classes)
     support = np.bincount(labels, minlength=num_classes)
@@ -330,12 +380,15 @@ def evaluate_gate(
                 f"rare class '{names[k]}': recall {ref_rec[k]:.3f} -> {rec[k]:.3f} "
                 f"(drop {drops[k]:.3f} > {thresholds.max_rare_recall_drop:g})"
             )
-    if flips.rare_right_to_wrong > thresholds.max_rare_right_to_wrong:
-        hit = [k for k in rare_ids if r2w[k] > 0]
+    if flips.rare_clear_right_to_wrong > thresholds.max_rare_right_to_wrong:
+        clear = np.bincount(labels[lost[~close[lost]]], minlength=num_classes)
+        hit = [k for k in rare_ids if clear[k] > 0]
         failed.update(hit)
         reasons.append(
-            f"{flips.rare_right_to_wrong} rare-class image(s) went right -> wrong "
-            f"(> {thresholds.max_rare_right_to_wrong}): " + ", ".join(f"'{names[k]}' {int(r2w[k])}" for k in hit)
+            f"{flips.rare_clear_right_to_wrong} rare-class image(s) the PyTorch student got clearly right went "
+            f"right -> wrong (> {thresholds.max_rare_right_to_wrong}): "
+            + ", ".join(f"'{names[k]}' {int(clear[k])}" for k in hit)
+            + (f"; {flips.rare_close_calls} close call(s) more" if flips.rare_close_calls else "")
         )
     if thresholds.max_class_recall_drop is not None:
         for k, d in drops.items():
@@ -409,6 +462,8 @@ def evaluate_gate(
         balanced_accuracy_drop_ci=cis.balanced_accuracy_drop if cis else None,
         flip_rate_ci=cis.flip_rate if cis else None,
         notes=resolution_notes(cis, support, names, rare_ids, thresholds) if cis else (),
+        rare_lost=tuple(LostImage(int(i), names[labels[i]], names[pred[i]], round(float(gaps[i]), 4), bool(close[i]))
+                        for i in lost),
     )
 
 
@@ -441,7 +496,9 @@ def render_markdown(r: GateReport) -> str:
         f"- rare-class recall (mean): {_pct(r.reference.rare_recall)} -> {_pct(r.candidate.rare_recall)} %",
         f"- flips: {r.flips.total} changed ({r.flips.right_to_wrong} right->wrong, {r.flips.wrong_to_right} "
         f"wrong->right); rare-class images: {r.flips.rare_total} changed ({r.flips.rare_right_to_wrong} right->wrong, "
-        f"{r.flips.rare_wrong_to_right} wrong->right); flip rate {_pct(flip_rate)} %"
+        f"{r.flips.rare_wrong_to_right} wrong->right"
+        + (f"; {r.flips.rare_close_calls} of the right->wrong were close calls" if r.flips.rare_close_calls else "")
+        + f"); flip rate {_pct(flip_rate)} %"
         + (f" ({conf} CI {_points(r.flip_rate_ci)} %)" if r.flip_rate_ci else ""),
         f"- parity: max |logit diff| {r.parity.max_abs_logit_diff:.3g}, mean {r.parity.mean_abs_logit_diff:.3g}, "
         f"argmax agreement {100 * r.parity.argmax_agreement:.1f} %",
@@ -453,6 +510,14 @@ def render_markdown(r: GateReport) -> str:
         lines.append(f"- failing classes: {', '.join(r.failing_classes) or '(none: a global threshold)'}")
     if r.notes:
         lines += ["", "## Resolution", ""] + [f"- {x}" for x in r.notes]
+    if r.rare_lost:
+        gap = r.thresholds.get("close_call_gap", 0.0)
+        lines += ["", "## Rare images that went right→wrong", "",
+                  f"PyTorch gap: its probability of the label minus its runner-up's; below {gap:g} the image is a close "
+                  "call (any rounding can tip it) and does not count in the rare right→wrong limit.", "",
+                  "| image | class | artifact predicts | PyTorch gap | counted |", "|---:|---|---|---:|---|"]
+        lines += [f"| {x.index} | {x.label} | {x.predicted} | {x.reference_gap:.3f} | "
+                  f"{'no: close call' if x.close_call else 'yes'} |" for x in r.rare_lost]
     lines += [
         "",
         "## Per class",
@@ -471,11 +536,13 @@ def render_markdown(r: GateReport) -> str:
     t = r.thresholds
     lines += [
         "",
-        "Thresholds: max balanced-accuracy drop {}, max rare right→wrong flips {}, max rare recall drop {}, "
+        "Thresholds: max balanced-accuracy drop {}, max rare right→wrong flips {} (close calls below a {} "
+        "probability gap not counted), max rare recall drop {}, "
         "rare class without images {}, max non-rare recall drop {} (or {} image(s) of the class), max flip rate {}, "
         "fp32 max |logit diff| {}{}. Intervals: paired bootstrap stratified by class, {} resamples; the verdict "
         "uses the point estimates.".format(
-            t.get("max_balanced_accuracy_drop"), t.get("max_rare_right_to_wrong"), t.get("max_rare_recall_drop"),
+            t.get("max_balanced_accuracy_drop"), t.get("max_rare_right_to_wrong"), t.get("close_call_gap", 0.0),
+            t.get("max_rare_recall_drop"),
             "allowed" if t.get("allow_missing_rare") else "fails",
             t.get("max_class_recall_drop"), t.get("class_flip_allowance"), t.get("max_flip_rate"),
             t.get("max_fp32_logit_diff"), "" if r.parity_checked else " (not applied to this step)",

@@ -131,7 +131,7 @@ class ExportResult:
                 "parity": f"{g.parity.max_abs_logit_diff:.2g}" if g else "-",
                 "bal_acc": f"{100 * g.reference.balanced_accuracy:.1f}->{100 * g.candidate.balanced_accuracy:.1f}" if g else "-",
                 "rare_recall": (f"{_pct(g.reference.rare_recall)}->{_pct(g.candidate.rare_recall)}" if g else "-"),
-                "flips": f"{g.flips.total} (rare r->w {g.flips.rare_right_to_wrong})" if g else "-",
+                "flips": f"{g.flips.total} (rare r->w {g.flips.rare_text()})" if g else "-",
                 "status": {PASSED: "PASS", FAILED: "FAIL"}.get(s.status, s.status),
             })
         return rows
@@ -287,8 +287,8 @@ class ExportContext:
             step=f"{step} (confirmation)", artifact=_rel(artifact, self.out), runtime=runner.name,
             precision=runner.precision, split=split, check_parity=False, runtime_info=runner.info,
         )
-        log.info("confirmation %s on %s: %s (bal. acc %.4f -> %.4f, rare r->w %d)", step, split, report.status,
-                 report.reference.balanced_accuracy, report.candidate.balanced_accuracy, report.flips.rare_right_to_wrong)
+        log.info("confirmation %s on %s: %s (bal. acc %.4f -> %.4f, rare r->w %s)", step, split, report.status,
+                 report.reference.balanced_accuracy, report.candidate.balanced_accuracy, report.flips.rare_text())
         return report
 
     def selection_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -309,8 +309,8 @@ class ExportContext:
             step=step, artifact=_rel(artifact, self.out), runtime=runner.name, precision=runner.precision,
             split=self.profile.check.split, check_parity=check_parity, runtime_info=runner.info,
         )
-        log.info("gate %s: %s (bal. acc %.4f -> %.4f, rare r->w %d)", step, report.status,
-                 report.reference.balanced_accuracy, report.candidate.balanced_accuracy, report.flips.rare_right_to_wrong)
+        log.info("gate %s: %s (bal. acc %.4f -> %.4f, rare r->w %s)", step, report.status,
+                 report.reference.balanced_accuracy, report.candidate.balanced_accuracy, report.flips.rare_text())
         return report
 
     # -- calibration

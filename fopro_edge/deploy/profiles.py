@@ -32,6 +32,8 @@ class GateConfig:
     batch_size: int = field(default=32, metadata=range_(1))
     max_balanced_accuracy_drop: float = field(default=0.02, metadata=range_(0.0, 1.0))
     max_rare_right_to_wrong: int = field(default=1, metadata=range_(0))  # summed over all rare classes
+    close_call_gap: float = field(default=0.5, metadata=range_(0.0, 1.0))  # PyTorch top-2 probability gap below
+    # which a rare right->wrong image is a close call: listed, not counted in the limit above (0: count all)
     max_rare_recall_drop: float = field(default=0.10, metadata=range_(0.0, 1.0))  # per rare class
     allow_missing_rare: bool = False  # a rare class with no check image fails unless this is true
     max_class_recall_drop: float | None = field(default=0.10, metadata=range_(0.0, 1.0))  # per non-rare class; None: off
@@ -64,8 +66,9 @@ class RepairConfig:
     set comes first when the calibration set misses a rare class."""
 
     enabled: bool = True
-    # clean: tries go on while the best one fails or flips any rare image right->wrong on the selection
-    # split (the gate allows max_rare_right_to_wrong; the aim is none); passed: stop at the first pass
+    # clean: tries go on while the best one fails or flips a rare image right->wrong on the selection
+    # split that is not a close call (the gate allows max_rare_right_to_wrong; the aim is none);
+    # passed: stop at the first pass
     until: Literal["clean", "passed"] = "clean"
     max_tries: int = field(default=6, metadata=range_(1, 50))
     qat: bool = True  # a QAT-KD try (method auto)

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 class QATStep:
     step: int
     loss: float
-    rare_right_to_wrong: int
+    rare_right_to_wrong: int  # clear ones (not close calls of the FP32 student)
+    rare_close_calls: int
     flips: int
     balanced_accuracy: float
 
@@ -243,15 +244,15 @@ def to_openvino(model: Any, image_size: int) -> Any:
     return _ov().convert_model(model.cpu().eval(), example_input=torch.rand(1, 3, image_size, image_size))
 
 
-def _score(labels: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray, rare_ids: list[int], num_classes: int) -> tuple:
+def _score(labels: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray, rare_ids: list[int], num_classes: int,
+           close: np.ndarray) -> tuple:
+    """(clear rare right->wrong, rare close calls lost, changed predictions, balanced accuracy)."""
     from fopro_edge.deploy.gate import scores
 
-    ref_ok, ok = ref_pred == labels, pred == labels
-    rare = np.isin(labels, rare_ids)
-    r2w = int((ref_ok & ~ok & rare).sum())
+    lost = (ref_pred == labels) & (pred != labels) & np.isin(labels, rare_ids)
     flips = int((ref_pred != pred).sum())
     bacc = scores(labels, pred, num_classes, rare_ids).balanced_accuracy
-    return r2w, flips, bacc
+    return int((lost & ~close).sum()), int((lost & close).sum()), flips, bacc
 
 
 def qat_kd_loss(s_logits: Any, t_logits: Any, labels: Any, bsm: Any, *, temperature: float, bsm_weight: float) -> Any:
@@ -278,16 +279,18 @@ def qat_distill(
     select_labels: np.ndarray,
     select_reference: np.ndarray,
     rare_ids: list[int],
+    close_call_gap: float = 0.0,
     seed: int = 0,
 ) -> QATResult:
     """Fine-tune ``quantized`` (from :func:`fake_quantize`) against the FP32 ``student``.
 
     ``train``: the train :class:`~fopro_edge.data.ImageList`; ``config``: a ``QATConfig``;
-    ``augment`` / ``flips``: the recipe's training augmentation.
+    ``augment`` / ``flips``: the recipe's training augmentation; ``close_call_gap``: the gate's.
     """
     import torch
 
     from fopro_edge.data import CheckedDataLoader, ImageDataset, build_sampler, build_transform
+    from fopro_edge.deploy.gate import close_calls
     from fopro_edge.distill.losses import BalancedSoftmax
 
     t0 = time.perf_counter()
@@ -310,6 +313,7 @@ def qat_distill(
     model = quantized.to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     ref_pred = select_reference.argmax(1)
+    close = close_calls(select_labels, select_reference, close_call_gap)
     sel = torch.from_numpy(np.ascontiguousarray(select_images, dtype=np.float32))
 
     def evaluate() -> tuple:
@@ -317,11 +321,11 @@ def qat_distill(
         with torch.no_grad():
             logits = torch.cat([model(sel[i:i + 64].to(device)).float().cpu() for i in range(0, len(sel), 64)])
         model.train()
-        return _score(select_labels, ref_pred, logits.argmax(1).numpy(), rare_ids, num_classes)
+        return _score(select_labels, ref_pred, logits.argmax(1).numpy(), rare_ids, num_classes, close)
 
     def key(s: tuple) -> tuple:
-        r2w, flips, bacc = s
-        return (-r2w, -flips, bacc)
+        clear, close_lost, flips, bacc = s
+        return (-clear, -close_lost, -flips, bacc)
 
     history: list[QATStep] = []
     best_score = evaluate()
@@ -345,7 +349,7 @@ def qat_distill(
             s = evaluate()
             history.append(QATStep(step, running / config.eval_every, *s))
             running = 0.0
-            log.info("QAT step %d/%d: loss %.4f, selection: rare r->w %d, flips %d, bal. acc %.4f",
+            log.info("QAT step %d/%d: loss %.4f, selection: rare r->w %d (+%d close calls), flips %d, bal. acc %.4f",
                      step, config.steps, history[-1].loss, *s)
             if key(s) > key(best_score):
                 best_score, best_state, best_step, stale = s, copy.deepcopy(model.state_dict()), step, 0

@@ -62,11 +62,19 @@ class Attempt:
     failing_classes: tuple[str, ...]
     seconds: float
     note: str = ""
+    rare_close_calls: int = 0  # of rare_right_to_wrong: close calls of the PyTorch student
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def _rare(a: Attempt) -> str:
+    if a.rare_right_to_wrong is None:
+        return ""
+    c = a.rare_close_calls
+    return f"{a.rare_right_to_wrong} ({c} close call{'s' if c > 1 else ''})" if c else str(a.rare_right_to_wrong)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class RepairLog:
                 "attempts": [a.to_dict() for a in self.attempts]}
 
     def to_markdown(self) -> str:
-        aim = "a pass with no rare right→wrong flip" if self.until == "clean" else "the first pass"
+        aim = "a pass with no clear rare right→wrong flip" if self.until == "clean" else "the first pass"
         lines = [
             f"Tries (budget {self.budget}, until {aim}; kept: try {self.chosen}, "
             f"{'PASSED' if self.passed else 'FAILED'}):",
@@ -102,7 +110,7 @@ class RepairLog:
                 f"| {a.number} | {a.label}{' — ' + a.note if a.note else ''} | {method} | {floats} | "
                 f"{a.calibration_images or ''} | {a.status} | "
                 f"{pct(a.balanced_accuracy)} | {'' if a.balanced_accuracy_drop is None else f'{100 * a.balanced_accuracy_drop:.2f}'} | "
-                f"{pct(a.rare_recall)} | {'' if a.rare_right_to_wrong is None else a.rare_right_to_wrong} | "
+                f"{pct(a.rare_recall)} | {_rare(a)} | "
                 f"{'' if a.flips is None else a.flips} | {', '.join(a.failing_classes)} |"
             )
         return "\n".join(lines) + "\n"
@@ -139,19 +147,20 @@ def plan_repairs(
 
 
 def score_key(o: Outcome) -> tuple:
-    """Higher is better: passed, fewer failing classes, fewer rare right->wrong flips, fewer changed
-    predictions, higher balanced accuracy."""
+    """Higher is better: passed, fewer failing classes, fewer rare right->wrong flips (clear ones, then
+    close calls too), fewer changed predictions, higher balanced accuracy."""
     r = o.report
     if r is None:
-        return (False, -10**9, -10**9, -10**9, -1.0)
-    return (r.passed, -len(r.failing_classes), -r.flips.rare_right_to_wrong, -r.flips.total,
-            r.candidate.balanced_accuracy)
+        return (False, -10**9, -10**9, -10**9, -10**9, -1.0)
+    return (r.passed, -len(r.failing_classes), -r.flips.rare_clear_right_to_wrong, -r.flips.rare_right_to_wrong,
+            -r.flips.total, r.candidate.balanced_accuracy)
 
 
 def is_done(o: Outcome, until: str) -> bool:
-    """``passed``: the gate passed; ``clean``: it passed and no rare image flipped right->wrong."""
+    """``passed``: the gate passed; ``clean``: it passed and no rare image that the PyTorch student got
+    clearly right (not a close call) flipped right->wrong."""
     r = o.report
-    return r is not None and r.passed and (until == "passed" or r.flips.rare_right_to_wrong == 0)
+    return r is not None and r.passed and (until == "passed" or r.flips.rare_clear_right_to_wrong == 0)
 
 
 def _attempt(number: int, label: str, o: Outcome, seconds: float) -> Attempt:
@@ -163,6 +172,7 @@ def _attempt(number: int, label: str, o: Outcome, seconds: float) -> Attempt:
         balanced_accuracy_drop=None if r is None else r.balanced_accuracy_drop,
         rare_recall=None if r is None else r.candidate.rare_recall,
         rare_right_to_wrong=None if r is None else r.flips.rare_right_to_wrong,
+        rare_close_calls=0 if r is None else r.flips.rare_close_calls,
         flips=None if r is None else r.flips.total,
         failing_classes=() if r is None else r.failing_classes,
         seconds=round(seconds, 2), note=o.error or "",
@@ -178,7 +188,7 @@ def run_tries(
     until: str = "passed",
 ) -> tuple[Outcome, RepairLog]:
     """Run the base try, then the repair plans until the best try is done (:func:`is_done`: the gate
-    passed, and with ``until="clean"`` no rare right->wrong flip); return the best outcome.
+    passed, and with ``until="clean"`` no clear rare right->wrong flip); return the best outcome.
 
     ``make(plan, best_so_far, number)`` builds and checks one artifact. An exception in a repair
     try is recorded and the next plan runs; the base try's exceptions propagate.
