@@ -43,10 +43,14 @@ def rows_of(run: Path) -> list[dict]:
                 "int8_ops": int8_ops.get("int8"), "weighted_ops": int8_ops.get("total"),
                 "select_split": g.split, "select_ref": g.reference.balanced_accuracy, "select_int8": g.candidate.balanced_accuracy,
                 "select_flips": g.flips.total, "select_rare_rw": g.flips.rare_right_to_wrong,
+                "select_rare_close": g.flips.rare_close_calls, "select_rare_text": g.flips.rare_text(),
                 "confirm_split": c.split if c else None,
                 "confirm_ref": c.reference.balanced_accuracy if c else None,
                 "confirm_int8": c.candidate.balanced_accuracy if c else None,
                 "confirm_flips": c.flips.total if c else None, "confirm_rare_rw": c.flips.rare_right_to_wrong if c else None,
+                "confirm_rare_close": c.flips.rare_close_calls if c else None,
+                "confirm_rare_text": c.flips.rare_text() if c else None,
+                "confirm_lost_gaps": [x.reference_gap for x in c.rare_lost] if c else None,
             })
     return out
 
@@ -63,9 +67,17 @@ def summaries(rows: list[dict]) -> list[dict]:
             "select_drop_mean": statistics.fmean(sel), "select_drop_max": max(sel),
             "confirm_drop_mean": statistics.fmean(conf) if conf else None, "confirm_drop_max": max(conf) if conf else None,
             "confirm_rare_rw_total": sum(r["confirm_rare_rw"] or 0 for r in rs),
+            "confirm_rare_close_total": sum(r["confirm_rare_close"] or 0 for r in rs),
             "min_int8_coverage": min(cov) if cov else None,
         })
     return out
+
+
+def _lost(r: dict) -> str:
+    if r["confirm_rare_rw"] is None:
+        return "–"
+    gaps = r["confirm_lost_gaps"] or []
+    return r["confirm_rare_text"] + (f"; gaps {', '.join(f'{g:.2f}' for g in gaps)}" if gaps else "")
 
 
 def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> str:
@@ -75,24 +87,26 @@ def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> 
     lines = [
         "# INT8 gates across seeds", "", f"Machine: {machine}", "", f"Command: `{command}`", "",
         "Balanced accuracy %, FP32 student -> kept INT8 artifact; drop in points. Selection: the split every "
-        "repair try was scored on; confirmation: the other split, scored once on the kept artifact.", "",
+        "repair try was scored on; confirmation: the other split, scored once on the kept artifact. Rare r→w: "
+        "rare images the FP32 student got right and the artifact gets wrong; close calls (the FP32 student's "
+        "top-2 probability gap under `check.close_call_gap`) in brackets, with their gaps on confirmation.", "",
         "| recipe | seed | target | status | kept | INT8 ops | selection | rare r→w | flips | confirmation | rare r→w | flips |",
         "|---|---:|---|---|---|---:|---|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['recipe']} | {r['seed']} | {r['target']} | {r['status']} | {r['kept']} | {r['int8_ops']}/{r['weighted_ops']} | "
-            f"{r['select_split']} {pct(r['select_ref'])} → {pct(r['select_int8'])} | {r['select_rare_rw']} | {r['select_flips']} | "
-            f"{r['confirm_split'] or '–'} {pct(r['confirm_ref'])} → {pct(r['confirm_int8'])} | "
-            f"{'–' if r['confirm_rare_rw'] is None else r['confirm_rare_rw']} | {'–' if r['confirm_flips'] is None else r['confirm_flips']} |")
+            f"{r['select_split']} {pct(r['select_ref'])} → {pct(r['select_int8'])} | {r['select_rare_text']} | {r['select_flips']} | "
+            f"{r['confirm_split'] or '–'} {pct(r['confirm_ref'])} → {pct(r['confirm_int8'])} | {_lost(r)} | "
+            f"{'–' if r['confirm_flips'] is None else r['confirm_flips']} |")
     lines += ["", "| recipe | target | passed | selection drop mean / max | confirmation drop mean / max | "
-                  "rare r→w on confirmation (all runs) | least INT8 coverage |", "|---|---|---:|---|---|---:|---:|"]
+                  "rare r→w on confirmation, all runs (close calls) | least INT8 coverage |", "|---|---|---:|---|---|---:|---:|"]
     for s in sums:
         conf = ("–" if s["confirm_drop_mean"] is None
                 else f"{s['confirm_drop_mean']:+.2f} / {s['confirm_drop_max']:+.2f}")
         cov = "–" if s["min_int8_coverage"] is None else f"{100 * s['min_int8_coverage']:.0f} %"
         lines.append(f"| {s['recipe']} | {s['target']} | {s['passed']}/{s['runs']} | "
-                     f"{s['select_drop_mean']:+.2f} / {s['select_drop_max']:+.2f} | {conf} | {s['confirm_rare_rw_total']} | {cov} |")
+                     f"{s['select_drop_mean']:+.2f} / {s['select_drop_max']:+.2f} | {conf} | {s['confirm_rare_rw_total']} ({s['confirm_rare_close_total']}) | {cov} |")
     return "\n".join(lines) + "\n"
 
 
