@@ -32,7 +32,7 @@ def test_every_method_trains_and_reports(tmp_path, method):
     rd = result.run_dir
     for name in ("recipe.yaml", "splits.json", "longtail.json", "env.json", "history.jsonl", "checkpoints/best.pt",
                  "checkpoints/last.pt", "metrics/metrics.json", "metrics/metrics.md", "metrics/per_class_recall.png",
-                 "metrics/confusion_matrix.png"):
+                 "metrics/confusion_matrix.png", "student/config.json", "student/model.safetensors"):
         assert (rd / name).is_file(), name
     assert (rd / "metrics" / "fpg_gain.png").is_file() == (method in ("ekd+fpg", "fopro"))
     assert (rd / "explore.json").is_file() == (method in ("ekd+fpg", "fopro"))

@@ -15,6 +15,8 @@ from fopro_edge.errors import DataError
 
 AUGMENTS = ("none", "light", "timm")
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+INTERPOLATION = "bilinear"  # the default of every split, so also of a run's eval transform
+EVAL_CROP_PCT = 1.0  # eval: resize the short side to image_size, then centre crop it
 
 
 class _ToRGB:
@@ -28,7 +30,7 @@ class _ToRGB:
 
 
 def build_transform(
-    image_size: int, augment: str, training: bool, *, interpolation: str = "bilinear", flips: bool = True
+    image_size: int, augment: str, training: bool, *, interpolation: str = INTERPOLATION, flips: bool = True
 ) -> Callable[[Image.Image], torch.Tensor]:
     """The transform for one split.
 
@@ -65,5 +67,5 @@ def build_transform(
             T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
             T.ToTensor(),
         ])
-    tf = create_transform(image_size, is_training=False, crop_pct=1.0, interpolation=interpolation, mean=zero, std=one)
+    tf = create_transform(image_size, is_training=False, crop_pct=EVAL_CROP_PCT, interpolation=interpolation, mean=zero, std=one)
     return T.Compose([_ToRGB(), tf])

@@ -54,6 +54,11 @@ class RunDir:
     def metrics_dir(self) -> Path:
         return self.path / "metrics"
 
+    @property
+    def timm_student(self) -> Path:
+        """The best student as a timm model folder (``timm.create_model("local-dir:...")``)."""
+        return self.path / "student"
+
 
 def prepare_run_dir(out: str | Path | None, recipe_name: str, *, resume: bool, runs_root: str | Path = "runs") -> RunDir:
     """Choose the run directory and check it is usable before any training starts.

@@ -37,6 +37,7 @@ from fopro_edge.distill.rundir import RunDir
 from fopro_edge.errors import ConfigError, TrainingError
 from fopro_edge.io import atomic_write_json, atomic_write_text
 from fopro_edge.models import build_student, build_teacher
+from fopro_edge.models.hf_export import save_student_for_timm
 from fopro_edge.models.student import EKDHeads, feature_dim
 
 log = logging.getLogger(__name__)
@@ -400,6 +401,7 @@ class Trainer:
         reports = write_metrics_report(
             metrics, self.run_dir.metrics_dir, title=f"{self.recipe.name}: {self.recipe.distill.method} (test split)", gain=gain
         )
+        reports["timm_model"] = save_student_for_timm(self.run_dir.best_checkpoint, self.run_dir.timm_student)
         log.info(
             "test: balanced accuracy %.4f, macro-F1 %.4f, rare recall %s (best epoch %d)",
             metrics["balanced_accuracy"], metrics["macro_f1"], _fmt(metrics["rare_recall"]), metrics["best_epoch"],
