@@ -210,6 +210,72 @@ def test_cli_onnxruntime_int8_writes_artifact_calibration_timings_and_per_class_
     assert "deployment CPU" in report and "calibration: 85 train images" in report
 
 
+TORCH_BLOCKED = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "timm", "sklearn", "scipy", "matplotlib", "safetensors"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+sys.meta_path.insert(0, _NoTorch())
+from fopro_edge.cli import main
+sys.argv = ["fopro-edge", *sys.argv[1:]]
+main()
+"""
+
+
+def _device_cli(*args: str):
+    """``fopro-edge ARGS`` in a fresh interpreter without the train extra (torch, timm, scikit-learn, ...)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", TORCH_BLOCKED, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.onnx
+def test_verify_reproduces_the_export_gate_without_torch_and_refuses_a_changed_bundle(checkpoint, info, tmp_path):
+    out = tmp_path / "ort"
+    res = _cli("--target", "onnxruntime", "--precision", "int8", "--checkpoint", str(checkpoint), "--out", str(out),
+               "--no-repair", *FAST)
+    assert res.exit_code in (0, 5), res.output
+    bundle = out / "int8" / "verify-bundle"
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["rare_classes"] == list(info.rare_classes) and manifest["artifact"]["file"] == "../model.onnx"
+    assert set(manifest["splits"]) == {"selection", "confirmation"}
+    assert manifest["preprocessing"]["resize"]["short_side"] == 32 and manifest["thresholds"]["close_call_gap"] == 0.5
+    exported = json.loads((out / "int8" / "check.json").read_text())
+
+    dev = _device_cli("-q", "verify", str(out / "int8" / "model.onnx"), "--bundle", str(bundle),
+                      "--out", str(tmp_path / "dev"), "--json")
+    assert dev.returncode == (0 if exported["status"] == "PASSED" else 5), dev.stderr
+    got = json.loads(dev.stdout)
+    assert got["same_file"] and got["reproduced"] == {"selection": [], "confirmation": []}
+    sel = got["reports"]["selection"]
+    assert sel["flips"] == exported["gate"]["flips"] and sel["status"] == exported["gate"]["status"]
+    assert [c["recall"] for c in sel["classes"]] == [c["recall"] for c in exported["gate"]["classes"]]
+    assert got["reports"]["confirmation"]["flips"] == exported["confirmation"]["flips"]
+    assert (tmp_path / "dev" / "check.json").is_file() and "reproduces the export's gate exactly" in (
+        tmp_path / "dev" / "check.md").read_text()
+    # the fp32 model against the int8 step's bundle: not the checked file, and the differences are named
+    other = _cli_verify(out / "onnx" / "model.onnx", bundle, tmp_path / "fp32")
+    assert '"same_file": false' in (tmp_path / "fp32" / "check.json").read_text() and other.exit_code in (0, 5)
+    # the onnx step's bundle hard-links (or copies) the same selection images
+    assert (out / "onnx" / "verify-bundle" / "selection.npz").read_bytes() == (bundle / "selection.npz").read_bytes()
+    data = bytearray((bundle / "selection.npz").read_bytes())
+    data[-10] ^= 0xFF
+    (bundle / "selection.npz").unlink()
+    (bundle / "selection.npz").write_bytes(bytes(data))
+    bad = _device_cli("verify", str(out / "int8" / "model.onnx"), "--bundle", str(bundle))
+    assert bad.returncode == 2 and "sha256 differs from bundle.json" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    train = _device_cli("export", "--target", "onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"))
+    assert train.returncode == 3 and "pip install 'fopro-edge[train]'" in train.stderr, train.stderr
+
+
+def _cli_verify(artifact: Path, bundle: Path, out: Path):
+    return CliRunner().invoke(cli, ["-q", "verify", str(artifact), "--bundle", str(bundle), "--out", str(out)],
+                              catch_exceptions=False)
+
+
 @pytest.mark.onnx
 def test_planted_regression_head_only_calibration_fails_the_gate_with_exit_5(checkpoint, info, tmp_path):
     from fopro_edge.config import recipe_from_dict

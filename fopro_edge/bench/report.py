@@ -193,9 +193,14 @@ def render_markdown(report: BenchReport, *, chart: str | None = "latency.png", h
 
 def plot_latency(report: BenchReport, path: Path) -> bool:
     """Horizontal bars of p50 (whisker to p99, tick at p90) per target, one panel per (batch,
-    threads), log scale, labelled with the speed-up over the eager student. ``False`` if nothing to plot."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    threads), log scale, labelled with the speed-up over the eager student. ``False`` if nothing to plot
+    (or matplotlib is absent, as on a device install without the ``train`` extra)."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError:
+        log.info("no latency chart: matplotlib is not installed (pip install 'fopro-edge[train]')")
+        return False
 
     panels = [(k, [m for m in report.measurements if m.key == k and m.ok]) for k in configs(report)]
     panels = [(k, ms) for k, ms in panels if ms]

@@ -7,7 +7,9 @@ import sys
 
 import click
 
-from fopro_edge.errors import FoproEdgeError
+from fopro_edge.errors import FoproEdgeError, MissingDependencyError
+
+TRAIN_MODULES = {"torch", "torchvision", "timm", "sklearn", "matplotlib", "safetensors", "scipy"}  # the train extra
 
 
 class _Group(click.Group):
@@ -27,6 +29,12 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {_one_line(str(e))}", err=True)
             sys.exit(e.exit_code)
+        except ModuleNotFoundError as e:  # a device install (no train extra) asked to train or export
+            if (e.name or "").split(".")[0] not in TRAIN_MODULES or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            click.echo(f"error: {ctx.invoked_subcommand or 'this command'}: needs {e.name} (the train extra): "
+                       "pip install 'fopro-edge[train]'", err=True)
+            sys.exit(MissingDependencyError.exit_code)
         except click.UsageError as e:  # bad arguments of a subcommand (BadParameter, NoSuchOption, ...)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -66,9 +74,10 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 
 def _register() -> None:
     """Attach the subcommands (their modules import only click at load time)."""
-    from fopro_edge.cli import bench_cmd, distill_cmd, eval_cmd, export_cmd, run_cmd
+    from fopro_edge.cli import bench_cmd, distill_cmd, eval_cmd, export_cmd, run_cmd, verify_cmd
 
-    for command in (run_cmd.run, distill_cmd.distill, export_cmd.export, eval_cmd.evaluate, bench_cmd.bench):
+    for command in (run_cmd.run, distill_cmd.distill, export_cmd.export, eval_cmd.evaluate, bench_cmd.bench,
+                    verify_cmd.verify):
         cli.add_command(command)
 
 

@@ -268,9 +268,10 @@ def sign_test_p(right_to_wrong: int, wrong_to_right: int) -> float:
     n = right_to_wrong + wrong_to_right
     if n == 0:
         return 1.0
-    from scipy.stats import binomtest  # scipy.stats is slow to import
+    from math import comb
 
-    return float(binomtest(right_to_wrong, n, 0.5).pvalue)
+    tail = sum(comb(n, i) for i in range(min(right_to_wrong, wrong_to_right) + 1))
+    return min(1.0, 2.0 * tail / 2**n)  # p = 1/2 is symmetric: twice the smaller tail
 
 
 def _points(iv: Interval, sign: float = 1.0, fmt: str = ".1f") -> str:

@@ -259,6 +259,7 @@ class ExportContext:
         self._cal_cache: dict[int, tuple[CalibrationSet, np.ndarray]] = {}
         self._confirm: tuple[str, CheckImages, np.ndarray] | None = None
         self.base_calibration: CalibrationSet | None = None
+        self._bundle_shared: Path | None = None  # the first verify bundle: later ones hard-link its data
 
     # -- the split for the one confirmation of a kept artifact (None: off or empty)
     @property
@@ -353,6 +354,8 @@ class ExportContext:
                               + "".join(f"- {r}\n" for r in (gate.reasons if gate else ())) + "See check.md.\n")
         else:
             marker.unlink(missing_ok=True)
+        if gate is not None and artifact is not None:
+            self.write_bundle(d, step)
         if gate is not None:
             atomic_write_json(d / "check.json", {"status": status, **step.to_dict()})
             md = gate.to_markdown()
@@ -365,6 +368,31 @@ class ExportContext:
                 md += "\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes)
             atomic_write_text(d / "check.md", md)
         return step
+
+
+    def write_bundle(self, d: Path, step: StepResult) -> None:
+        """``d/verify-bundle``: the images, labels and PyTorch logits this step was gated on."""
+        from fopro_edge.deploy.bundle import SplitData, preprocessing_contract, write_bundle
+
+        images, labels, reference = self.selection_arrays()
+        selection = SplitData(self.profile.check.split, images, labels, reference)
+        confirmation = None
+        if step.confirmation is not None and self._confirm is not None:
+            split, check, ref = self._confirm
+            confirmation = SplitData(split, np.concatenate(list(check.batches())), check.labels, ref)
+        s = self.student
+        written = write_bundle(
+            d, step=step.name, target=self.target, artifact=step.artifact.path, artifact_sha256=step.artifact.sha256,
+            precision=step.artifact.precision, class_names=self.class_names, rare_classes=self.rare,
+            thresholds=self.profile.check,
+            preprocessing=preprocessing_contract(self.info.image_size, s.mean.flatten().tolist(), s.std.flatten().tolist()),
+            selection=selection, confirmation=confirmation,
+            reports={"selection": step.gate, "confirmation": step.confirmation},
+            runtime_options={"inference_precision": getattr(self.profile, "inference_precision", "f32")},
+            shared=self._bundle_shared,
+        )
+        if self._bundle_shared is None:
+            self._bundle_shared = written
 
 
 # --------------------------------------------------------------------------- steps
