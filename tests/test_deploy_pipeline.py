@@ -271,6 +271,53 @@ def test_verify_reproduces_the_export_gate_without_torch_and_refuses_a_changed_b
     assert train.returncode == 3 and "pip install 'fopro-edge[train]'" in train.stderr, train.stderr
 
 
+@pytest.mark.onnx
+def test_predict_reads_images_through_the_contract_and_agrees_with_the_student(checkpoint, info, tmp_path):
+    from PIL import Image
+
+    from fopro_edge.config import recipe_from_dict
+    from fopro_edge.data import build_splits, build_transform
+    from fopro_edge.deploy.contract import contract_of, prepare_image
+
+    splits = build_splits(recipe_from_dict(RECIPE, check_paths=False).data, 0)
+    files = []
+    for i, size in zip((0, 11, 42), ((48, 40), (32, 32), (40, 71)), strict=True):  # other sizes and aspect ratios
+        f = tmp_path / f"img{i}.png"
+        splits.test.load(i).resize(size, Image.Resampling.BICUBIC).save(f)
+        files.append(f)
+    tf = build_transform(32, "none", False)
+    for f in files:  # the contract applied with PIL alone is the eval transform, value for value
+        np.testing.assert_allclose(prepare_image(f, contract_of_checkpoint(checkpoint)), tf(Image.open(f)).numpy(),
+                                   atol=1e-6, rtol=0)
+    res = _cli("--target", "onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"), "--threads", "1")
+    assert res.exit_code == 0, res.output
+    onnx_path = tmp_path / "x" / "onnx" / "model.onnx"
+    assert contract_of(onnx_path)["resize"] == {"short_side": 32, "interpolation": "bilinear", "antialias": True}
+    run = CliRunner().invoke(cli, ["predict", str(checkpoint), *map(str, files), "--json", "--top-k", "2"],
+                             catch_exceptions=False)
+    art = CliRunner().invoke(cli, ["predict", str(onnx_path), *map(str, files), "--json", "--top-k", "2"],
+                             catch_exceptions=False)
+    assert run.exit_code == art.exit_code == 0, run.output + art.output
+    want, got = json.loads(run.output), json.loads(art.output)
+    assert [p["top"][0]["class"] for p in got] == [p["top"][0]["class"] for p in want]
+    assert all(len(p["top"]) == 2 and p["top"][0]["class"] in info.class_names for p in got)
+    assert abs(got[0]["top"][0]["probability"] - want[0]["top"][0]["probability"]) < 1e-4
+    text = CliRunner().invoke(cli, ["predict", str(onnx_path), str(files[0])]).output
+    assert text.startswith(f"{files[0]}: {got[0]['top'][0]['class']} ")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not an engine")
+    bad = CliRunner().invoke(cli, ["predict", str(engine), str(files[0])])
+    assert bad.exit_code == 2 and "give --bundle" in bad.output
+
+
+def contract_of_checkpoint(checkpoint: Path) -> dict:
+    from fopro_edge.deploy.contract import preprocessing_contract
+    from fopro_edge.distill.checkpoint import load_student
+
+    student, info = load_student(checkpoint)
+    return preprocessing_contract(info.image_size, student.mean.flatten().tolist(), student.std.flatten().tolist())
+
+
 def _cli_verify(artifact: Path, bundle: Path, out: Path):
     return CliRunner().invoke(cli, ["-q", "verify", str(artifact), "--bundle", str(bundle), "--out", str(out)],
                               catch_exceptions=False)

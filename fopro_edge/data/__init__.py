@@ -1,46 +1,52 @@
-"""Data layer: readers, splits, long-tail statistics, transforms, datasets and calibration sets."""
+"""Data layer: readers, splits, long-tail statistics, transforms, datasets and calibration sets.
 
-from fopro_edge.data.calibration import stratified_calibration_indices
-from fopro_edge.data.datasets import CheckedDataLoader, ImageDataset, build_sampler
-from fopro_edge.data.images import ImageList, drop_unreadable, find_unreadable, open_rgb, to_rgb
-from fopro_edge.data.longtail import LongTailStats, compute_longtail_stats, longtail_counts
-from fopro_edge.data.sources import (
-    ISIC2019_CLASSES,
-    load_digits_longtail,
-    make_synthetic_csv_split,
-    make_synthetic_tree,
-    read_csv_split,
-    scan_folder_tree,
-)
-from fopro_edge.data.splits import DataSplits, build_splits, check_splits, save_manifest, stratified_split_indices
-from fopro_edge.data.synthetic import synthetic_image, synthetic_splits
-from fopro_edge.data.transforms import build_transform
+Attributes load their module on first use (PEP 562), so the torch-free parts (image reading)
+import without torch."""
 
-__all__ = [
-    "CheckedDataLoader",
-    "DataSplits",
-    "ISIC2019_CLASSES",
-    "ImageDataset",
-    "ImageList",
-    "LongTailStats",
-    "build_sampler",
-    "build_splits",
-    "build_transform",
-    "check_splits",
-    "compute_longtail_stats",
-    "drop_unreadable",
-    "find_unreadable",
-    "load_digits_longtail",
-    "longtail_counts",
-    "make_synthetic_csv_split",
-    "make_synthetic_tree",
-    "open_rgb",
-    "read_csv_split",
-    "save_manifest",
-    "scan_folder_tree",
-    "stratified_calibration_indices",
-    "stratified_split_indices",
-    "synthetic_image",
-    "synthetic_splits",
-    "to_rgb",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "CheckedDataLoader": "datasets",
+    "DataSplits": "splits",
+    "ISIC2019_CLASSES": "sources",
+    "ImageDataset": "datasets",
+    "ImageList": "images",
+    "LongTailStats": "longtail",
+    "build_sampler": "datasets",
+    "build_splits": "splits",
+    "build_transform": "transforms",
+    "check_splits": "splits",
+    "compute_longtail_stats": "longtail",
+    "drop_unreadable": "images",
+    "find_unreadable": "images",
+    "load_digits_longtail": "sources",
+    "longtail_counts": "longtail",
+    "make_synthetic_csv_split": "sources",
+    "make_synthetic_tree": "sources",
+    "open_rgb": "images",
+    "read_csv_split": "sources",
+    "save_manifest": "splits",
+    "scan_folder_tree": "sources",
+    "stratified_calibration_indices": "calibration",
+    "stratified_split_indices": "splits",
+    "synthetic_image": "synthetic",
+    "synthetic_splits": "synthetic",
+    "to_rgb": "images",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -37,17 +37,6 @@ BUNDLE_DIR = "verify-bundle"
 FORMAT = "fopro-edge-verify-bundle/1"
 
 
-def preprocessing_contract(image_size: int, mean: Sequence[float], std: Sequence[float], *,
-                           interpolation: str = "bilinear") -> dict[str, Any]:
-    """How an image becomes the model input (the eval transform; normalisation is in the graph)."""
-    return {
-        "color": "RGB", "layout": "NCHW", "dtype": "float32", "value_range": [0.0, 1.0],
-        "resize": {"short_side": int(image_size), "interpolation": interpolation, "antialias": True},
-        "center_crop": [int(image_size), int(image_size)],
-        "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "applied": "inside the model"},
-    }
-
-
 @dataclass(frozen=True)
 class SplitData:
     """One split of a bundle: the images the gate saw, their labels and the PyTorch logits."""

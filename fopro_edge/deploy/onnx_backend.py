@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fopro_edge.deploy.artifact import ModelArtifact
+from fopro_edge.deploy.contract import preprocessing_contract
 from fopro_edge.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def build_metadata(info: Any, *, opset: int, dynamic_batch: bool, batch_size: in
         f"{META_PREFIX}input_size": json.dumps([3, size, size]),
         f"{META_PREFIX}input": f"{INPUT_NAME}: float32 RGB in [0, 1], NCHW {batch}x3x{size}x{size}; normalisation is inside the graph",
         f"{META_PREFIX}normalization": json.dumps({"mean": [float(v) for v in mean], "std": [float(v) for v in std]}),
+        f"{META_PREFIX}preprocessing": json.dumps(preprocessing_contract(size, mean, std)),
         f"{META_PREFIX}source_checkpoint": Path(info.checkpoint).name,
         f"{META_PREFIX}source_checkpoint_sha256": str(info.sha256),
         f"{META_PREFIX}opset": str(opset),

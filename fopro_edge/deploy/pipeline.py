@@ -372,7 +372,8 @@ class ExportContext:
 
     def write_bundle(self, d: Path, step: StepResult) -> None:
         """``d/verify-bundle``: the images, labels and PyTorch logits this step was gated on."""
-        from fopro_edge.deploy.bundle import SplitData, preprocessing_contract, write_bundle
+        from fopro_edge.deploy.bundle import SplitData, write_bundle
+        from fopro_edge.deploy.contract import preprocessing_contract
 
         images, labels, reference = self.selection_arrays()
         selection = SplitData(self.profile.check.split, images, labels, reference)
