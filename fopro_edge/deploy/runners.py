@@ -250,13 +250,18 @@ class TensorRTRunner(_Base):
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         self.batch_size, self.image_size = _static_dims([int(d) for d in self.engine.get_tensor_shape(self.input_name)])
+        self.max_batch = self.batch_size or int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
         self.precision = precision
         self.info = {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(self.device)}
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) > self.max_batch:  # the engine's optimization profile caps the batch
+            return np.concatenate([self.infer(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)])
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise ConfigError(f"TensorRT engine: input shape {tuple(x.shape)} is outside its optimization profile "
+                              f"{[tuple(d) for d in self.engine.get_tensor_profile_shape(self.input_name, 0)]}")
         out_shape = tuple(self.context.get_tensor_shape(self.output_name))
         y = torch.empty(out_shape, dtype=torch.float32, device=self.device)
         self.context.set_tensor_address(self.input_name, x.data_ptr())

@@ -75,10 +75,15 @@ def trtexec_command(onnx_name: str, engine_name: str, precision: str, spec: Engi
     """The ``trtexec`` command that builds the engine (paths relative to the export folder).
 
     TensorRT 10 (JetPack 6): ``--fp16`` for FP16; ``--int8 --fp16`` for the QDQ model (INT8 where
-    the Q/DQ nodes say so, FP16 elsewhere). ``strongly_typed`` (TensorRT >= 10.12, required on 11):
-    ``--stronglyTyped`` and no precision flags; precision then comes from the graph alone.
+    the Q/DQ nodes say so, and the builder may pick FP16 kernels for every other layer).
+    ``strongly_typed`` (TensorRT >= 10.12, the only mode of 11): ``--stronglyTyped`` and no precision
+    flags; precision comes from the graph alone, so the layers of the QDQ model that carry no Q/DQ
+    run in FP32. The two builds of one QDQ model therefore differ in numerics (FP16 vs FP32 between
+    the INT8 layers): verify the engine that was built, with its step's bundle.
     """
     args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}"]
+    if precision == "fp32":
+        args.append("--noTF32")  # fp32 means fp32: no TF32 matmuls/convolutions on Ampere and later
     if strongly_typed:
         args.append("--stronglyTyped")
     elif precision == "fp16":
@@ -111,9 +116,8 @@ def write_build_script(out_dir: Path, onnx_name: str, engine_name: str, precisio
         "set -e\ncd \"$(dirname \"$0\")\"\n"
         f"{cmd}\n"
         f"{fp16_note}"
-        "# Then check it against the PyTorch student with the rare-class gate (needs fopro-edge on the device):\n"
-        "#   fopro-edge export --target tensorrt --precision "
-        f"{precision} --checkpoint <best.pt> --build-engine\n"
+        "# Then check it with the rare-class gate on the images the export checked (fopro-edge without torch):\n"
+        f"#   fopro-edge verify {engine_name} --bundle {Path(onnx_name).parent}/verify-bundle\n"
     )
     path = out_dir / "build_engine.sh"
     atomic_write_text(path, text)
@@ -155,6 +159,8 @@ def build_engine(
         raise EngineBuildError(f"{onnx_path}: TensorRT could not parse the model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
     if not strongly_typed:
         if precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)
