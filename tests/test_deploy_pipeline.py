@@ -538,6 +538,32 @@ def test_tensorrt_without_gpu_writes_the_portable_part_and_says_so(checkpoint, t
     assert forced.exit_code == 3 and "--build-engine: cannot build a TensorRT engine on this machine" in forced.output
 
 
+@pytest.mark.onnx
+def test_tensorrt_qdq_placement_quantizes_only_inputs_of_weighted_ops(checkpoint, tmp_path):
+    import onnx
+
+    from fopro_edge.deploy import onnxruntime_backend as ob
+    from fopro_edge.deploy.pipeline import export
+
+    r = export(checkpoint, "onnx", "fp32", out_dir=tmp_path / "fp32", overrides={"threads": 1})
+    pre = ob.preprocess(r.steps[0].artifact.path, tmp_path / "pre.onnx")
+    images = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
+    path = tmp_path / "qdq.onnx"
+    ob.quantize_qdq(pre, path, images, ob.QuantSettings(activation_type="s8", symmetric=True,
+                                                        op_types=("Conv", "Gemm", "MatMul")))
+    ort_default = ob.trt_placement_problems(onnx.load(str(path)))  # ONNX Runtime also quantizes conv outputs
+    assert any("feeds HardSigmoid" in p for p in ort_default) and any("feeds Relu" in p or "feeds Mul" in p
+                                                                       for p in ort_default)
+    assert ob.place_for_tensorrt(path) >= len(ort_default)
+    g = onnx.load(str(path)).graph
+    assert ob.check_trt_qdq(path) == []
+    producer = {o: n for n in g.node for o in n.output}
+    weighted = [n for n in g.node if n.op_type in ("Conv", "Gemm")]
+    assert all(producer[n.input[0]].op_type == "DequantizeLinear" for n in weighted)  # every input still INT8
+    consumers = {n.op_type for n in g.node for i in n.input if i in producer and producer[i].op_type == "DequantizeLinear"}
+    assert consumers <= {"Conv", "Gemm", "MatMul", "Add"}
+
+
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp16", "int8"])

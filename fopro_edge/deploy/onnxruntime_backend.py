@@ -258,9 +258,10 @@ def int8_weighted_ops(path: str | Path) -> tuple[int, int]:
 
 
 def check_trt_qdq(model_or_path: Any) -> list[str]:
-    """Violations of TensorRT's explicit-quantization rules in a QDQ graph (empty = conforms):
-    INT8 Q/DQ with zero points present and all 0 (symmetric), per-tensor activation scales,
-    per-channel weight scales on the output-channel axis, no INT32 bias DequantizeLinear."""
+    """Violations of TensorRT's explicit-quantization rules in a QDQ graph (empty = conforms): the
+    placement (:func:`trt_placement_problems`), INT8 Q/DQ with zero points present and all 0
+    (symmetric), per-tensor activation scales, per-channel weight scales on the output-channel axis,
+    no INT32 bias DequantizeLinear."""
     import onnx
     from onnx import numpy_helper
 
@@ -276,7 +277,7 @@ def check_trt_qdq(model_or_path: Any) -> list[str]:
     for node in g.node:
         for name in node.input:
             consumers[name].append(node)
-    out: list[str] = []
+    out: list[str] = trt_placement_problems(model)
     qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     if not qdq:
         return ["no QuantizeLinear/DequantizeLinear nodes: not an explicitly quantized graph"]
@@ -329,6 +330,77 @@ def _weight_output_axis(node: Any, ndim: int) -> int | None:
     if node.op_type == "MatMul":
         return ndim - 1
     return None
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _activation_qdq(g: Any) -> tuple[set[str], dict[str, Any], dict[str, list[Any]]]:
+    """Initializer/constant names, producer of every tensor, consumers of every tensor."""
+    consts = {i.name for i in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for n in g.node:
+        for name in n.input:
+            consumers[name].append(n)
+    return consts, producer, consumers
+
+
+def trt_placement_problems(model: Any) -> list[str]:
+    """Where Q/DQ sit against TensorRT's fusion rules: activations are quantized only as inputs of
+    weighted ops and residual Adds (not at the output of a convolution in front of its activation,
+    the squeeze-excitation gates or pooling), and a weighted op with INT8 weights reads an INT8 input."""
+    g = model.graph
+    consts, producer, consumers = _activation_qdq(g)
+    out: list[str] = []
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] not in consts:
+            for u in consumers[n.output[0]]:
+                if u.op_type not in (*WEIGHTED_OPS, "Add"):
+                    out.append(f"DequantizeLinear '{n.name}' feeds {u.op_type} '{u.name}' (TensorRT fuses Q/DQ only "
+                               "in front of weighted ops and residual Adds)")
+        if n.op_type in WEIGHTED_OPS and len(n.input) > 1:
+            w, x = producer.get(n.input[1]), producer.get(n.input[0])
+            w_int8 = w is not None and w.op_type == "DequantizeLinear" and w.input[0] in consts
+            if w_int8 and (x is None or x.op_type != "DequantizeLinear"):
+                out.append(f"{n.op_type} '{n.name}': INT8 weights but a float input (TensorRT cannot run it in INT8)")
+    return out
+
+
+def place_for_tensorrt(path: str | Path) -> int:
+    """Rewrite a QDQ model in place to TensorRT's placement: an activation's Q/DQ stays only for
+    consumers that are weighted ops or Adds; every other consumer reads the float tensor again, and
+    pairs left without consumers go. Returns how many consumer edges were moved off Q/DQ."""
+    import onnx
+
+    model = onnx.load(str(path))
+    g = model.graph
+    consts, producer, consumers = _activation_qdq(g)
+    moved, dead = 0, []
+    for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] not in consts]:
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        for u in consumers[dq.output[0]]:
+            if u.op_type in (*WEIGHTED_OPS, "Add"):
+                continue
+            for i, name in enumerate(u.input):
+                if name == dq.output[0]:
+                    u.input[i] = q.input[0]
+                    moved += 1
+    consts, producer, consumers = _activation_qdq(g)
+    graph_outputs = {o.name for o in g.output}
+    for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] not in consts]:
+        if not consumers[dq.output[0]] and dq.output[0] not in graph_outputs:
+            dead.append(dq)
+    for n in dead:
+        g.node.remove(n)
+    consts, producer, consumers = _activation_qdq(g)
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in consts]:
+        if not consumers[q.output[0]]:
+            g.node.remove(q)
+    onnx.save(model, str(path))
+    return moved
 
 
 def assert_trt_qdq(path: str | Path) -> None:

@@ -446,6 +446,9 @@ def _ort_backend(x: ExportContext, onnx_step: StepResult, *, name: str, title: s
     def quantize(settings: dict[str, Any], images: np.ndarray, path: Path, _ac: bool) -> ModelArtifact:
         art = ob.quantize_qdq(pre, path, images, ob.QuantSettings(**settings), batch_size=bs, fixed_batch=fixed,
                               metadata_source=src, target=x.target)
+        if symmetric:  # TensorRT: Q/DQ only in front of weighted ops and residual Adds
+            ob.place_for_tensorrt(path)
+            art = ModelArtifact.from_files(path, art.target, art.precision, metadata=art.metadata)
         return replace(art, parent=onnx_step.artifact.sha256)
 
     def rank(images: np.ndarray) -> list[tuple[str, float]]:
