@@ -73,8 +73,12 @@ class WorkflowResult:
         return {
             "run_dir": str(self.run_dir), "report": str(self.report), "passed": self.passed,
             "test_metrics": {k: self.test_metrics.get(k) for k in ("balanced_accuracy", "macro_f1", "accuracy", "rare_recall")},
-            "exports": [{"target": e.target, "precision": e.precision, "status": e.status} for e in self.exports],
+            "exports": [{"target": e.target, "precision": e.precision, "status": e.status,
+                         "manifest": str(e.out_dir / "export.json"),
+                         "artifact": str(e.final.artifact.path) if e.final and e.final.artifact else None}
+                        for e in self.exports],
             "skipped": [{"target": s.target, "reason": s.reason} for s in self.skipped],
+            "bench": None if self.bench is None else str(self.run_dir / "bench" / "bench.json"),
         }
 
 

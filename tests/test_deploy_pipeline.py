@@ -289,8 +289,11 @@ def test_predict_reads_images_through_the_contract_and_agrees_with_the_student(c
     for f in files:  # the contract applied with PIL alone is the eval transform, value for value
         np.testing.assert_allclose(prepare_image(f, contract_of_checkpoint(checkpoint)), tf(Image.open(f)).numpy(),
                                    atol=1e-6, rtol=0)
-    res = _cli("--target", "onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"), "--threads", "1")
+    res = _cli("--target", "onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"), "--threads", "1",
+               "--json")
     assert res.exit_code == 0, res.output
+    manifest = json.loads(res.stdout)  # --json: export.json's content, nothing else, on stdout
+    assert manifest["steps"][0]["name"] == "onnx" and manifest["steps"][0]["status"] == "PASSED"
     onnx_path = tmp_path / "x" / "onnx" / "model.onnx"
     assert contract_of(onnx_path)["resize"] == {"short_side": 32, "interpolation": "bilinear", "antialias": True}
     run = CliRunner().invoke(cli, ["predict", str(checkpoint), *map(str, files), "--json", "--top-k", "2"],

@@ -82,8 +82,9 @@ def parse_ov_precisions(text: str | None) -> tuple[str, ...] | None:
 @click.option("--student/--no-student", default=True, show_default=True, help="Measure the PyTorch student baseline.")
 @click.option("--compile", "compile_student", is_flag=True, help="Also measure the student under torch.compile.")
 @click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch baselines (cpu, cuda).")
+@click.option("--json", "json_out", is_flag=True, help="Print bench.json's content on stdout instead of the summary.")
 def bench(run_dir, artifacts, batch, threads, warmup, iters, seconds, max_interference, in_process, image_size,
-          ov_precision, out, teacher, student, compile_student, device) -> None:
+          ov_precision, out, teacher, student, compile_student, device, json_out) -> None:
     """Latency percentiles, throughput, first-inference time, size and peak memory of exported
     artifacts, with the PyTorch student and teacher as baselines measured in the same run."""
     from fopro_edge.bench import bench as run_bench
@@ -93,6 +94,11 @@ def bench(run_dir, artifacts, batch, threads, warmup, iters, seconds, max_interf
     report = run_bench(run_dir, artifacts, config=config, out_dir=out, teacher=teacher, student=student,
                        compile_student=compile_student, openvino_precisions=parse_ov_precisions(ov_precision),
                        device=device)
+    if json_out:
+        import json
+
+        click.echo(json.dumps(report.to_dict(), indent=1, default=str))
+        return
     for line in summary_lines(report):
         click.echo(line)
     from pathlib import Path

@@ -47,13 +47,15 @@ class TargetType(click.ParamType):
 @click.option("--no-repair", is_flag=True, help="INT8: do not try to repair a failed gate.")
 @click.option("--build-engine", is_flag=True, help="TensorRT: build the engine here; a missing GPU is an error.")
 @click.option("--threads", type=int, help="Runtime threads for checks and timing.")
+@click.option("--json", "json_out", is_flag=True, help="Print export.json's content on stdout instead of the summary.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any profile key, e.g. --set nncf.preset=mixed (repeatable).")
 def export(
     target: str, run_dir: Path | None, checkpoint: Path | None, precision: str | None, out_dir: Path | None,
     profile_file: Path | None, split: str | None, max_bacc_drop: float | None, max_rare_flips: int | None,
     max_rare_recall_drop: float | None, calibration_size: int | None, calibration_method: str | None,
-    calibration_file: Path | None, no_repair: bool, build_engine: bool, threads: int | None, sets: tuple[str, ...],
+    calibration_file: Path | None, no_repair: bool, build_engine: bool, threads: int | None, json_out: bool,
+    sets: tuple[str, ...],
 ) -> None:
     """Export a trained student and check it with the rare-class gate after every step.
 
@@ -95,6 +97,12 @@ def export(
     layer = deep_merge(layer, overrides_to_dict(sets))
     result = run_export(run_dir or checkpoint, target, precision, out_dir=out_dir, profile_file=profile_file,
                         overrides=layer)
+    if json_out:
+        import json
+
+        click.echo(json.dumps(result.to_dict(), indent=1, default=str))
+        result.raise_for_gate()
+        return
     click.echo(f"fopro-edge export --target {target} ({result.precision}) -> {result.out_dir}")
     click.echo(format_summary(result))
     for note in result.notes:

@@ -18,8 +18,9 @@ from fopro_edge.cli.bench_cmd import bench_options, make_config
 @click.option("--no-bench", "no_bench", is_flag=True, help="Stop after the export steps.")
 @bench_options
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
+@click.option("--json", "json_out", is_flag=True, help="Print the result as JSON on stdout instead of the summary.")
 def run(recipe, out, overrides, targets, resume, device, no_bench, batch, threads, warmup, iters, seconds,
-        max_interference, in_process, image_size, progress) -> None:
+        max_interference, in_process, image_size, progress, json_out) -> None:
     """Distil, export to every target the recipe lists (default: onnxruntime and openvino), gate,
     benchmark, and write RUN_DIR/report.md. Exit code 5 if a gate failed (the report is written)."""
     from fopro_edge.workflow import run_recipe
@@ -27,6 +28,12 @@ def run(recipe, out, overrides, targets, resume, device, no_bench, batch, thread
     config = make_config(batch, threads, warmup, iters, seconds, max_interference, in_process, image_size)
     result = run_recipe(recipe, out=out, overrides=overrides, targets=targets, bench_config=config, skip_bench=no_bench,
                         resume=resume, device=device, progress=progress)
+    if json_out:
+        import json
+
+        click.echo(json.dumps(result.to_dict(), indent=1, default=str))
+        result.raise_for_gates()
+        return
     m = result.test_metrics
     click.echo(f"run directory: {result.run_dir}")
     click.echo(f"test: balanced accuracy {m['balanced_accuracy']:.4f}, rare recall "
