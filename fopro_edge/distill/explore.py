@@ -41,13 +41,13 @@ def explore_prompt(
     clean_probe: nn.Linear,
     train_loader: DataLoader,
     val_loader: DataLoader,
-    class_counts,
+    class_prior,
     rt: Runtime,
     *,
     start_epoch: Callable[[int], None],
 ) -> dict[str, Any]:
     cfg = recipe.distill.explore
-    bsm = BalancedSoftmax(class_counts).to(rt.device)
+    bsm = BalancedSoftmax(class_prior).to(rt.device)  # the prior of the train loader's sampler
     optimizer = torch.optim.Adam(
         [
             {"params": prompt.parameters(), "lr": cfg.lr},

@@ -8,10 +8,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
+SAMPLER_PRIORS = {"instance": "train counts", "sqrt": "proportional to sqrt(train counts)", "balanced": "uniform"}
+
+
+def sampler_prior(class_counts: np.ndarray | list[int], sampler: str) -> np.ndarray:
+    """The class prior of the batches ``sampler`` draws from a train split with ``class_counts``.
+
+    ``instance``: n_c / N; ``sqrt``: proportional to sqrt(n_c); ``balanced``: uniform. Classes
+    without train images are never drawn (prior 0).
+    """
+    if sampler not in SAMPLER_PRIORS:
+        raise ValueError(f"unknown sampler {sampler!r} (one of {', '.join(SAMPLER_PRIORS)})")
+    n = np.asarray(class_counts, dtype=np.float64)
+    w = {"instance": n, "sqrt": np.sqrt(n), "balanced": (n > 0).astype(np.float64)}[sampler]
+    return w / w.sum()
+
+
 class BalancedSoftmax(nn.Module):
     """Cross-entropy on logits shifted by log class priors (training only).
 
-    With uniform priors the shift is a constant and the loss equals plain cross-entropy.
+    ``class_counts``: counts, or any unnormalised prior (e.g. :func:`sampler_prior`). With
+    uniform priors the shift is a constant and the loss equals plain cross-entropy.
     """
 
     def __init__(self, class_counts: np.ndarray | list[int]) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fopro_edge.config import Recipe
-from fopro_edge.distill.losses import BalancedSoftmax, alignment_loss
+from fopro_edge.distill.losses import BalancedSoftmax, alignment_loss, sampler_prior
 from fopro_edge.models.student import EKDHeads, Student
 
 
@@ -44,7 +44,8 @@ class Objective:
         self.method = recipe.distill.method
         self.align_weight = recipe.distill.align_weight
         self.akd = recipe.distill.akd
-        self.bsm = BalancedSoftmax(class_counts)
+        # The prior of the batches the sampler draws: BSM corrects for it once (uniform under `balanced`).
+        self.bsm = BalancedSoftmax(sampler_prior(class_counts, recipe.data.sampler))
         self.teacher, self.prompt, self.probe = teacher, prompt, probe
 
     def to(self, device: torch.device) -> "Objective":

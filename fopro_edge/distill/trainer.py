@@ -29,6 +29,7 @@ from fopro_edge.data import (
 )
 from fopro_edge.distill.checkpoint import load_checkpoint, save_checkpoint
 from fopro_edge.distill.explore import explore_prompt
+from fopro_edge.distill.losses import SAMPLER_PRIORS, sampler_prior
 from fopro_edge.distill.method import DistillNet, Objective
 from fopro_edge.distill.metrics import classification_metrics
 from fopro_edge.distill.report import write_metrics_report
@@ -180,7 +181,7 @@ class Trainer:
         if self.prompt is not None and self.explore_result is None:
             self.explore_result = explore_prompt(
                 r, self.teacher, self.prompt, self.probe, self.clean_probe, self.loader, self._eval_loader(self.val_set),
-                self.stats.counts, rt, start_epoch=self._start_epoch,
+                sampler_prior(self.stats.counts, r.data.sampler), rt, start_epoch=self._start_epoch,
             )
             if rt.is_main:
                 atomic_write_json(self.run_dir.explore_json, self.explore_result)
@@ -189,6 +190,8 @@ class Trainer:
             r.teacher.model if r.uses_teacher else "-", r.student.model, r.distill.method, rt.device,
             len(self.train_set), len(self.class_names), self.steps_per_epoch,
         )
+        if r.distill.method != "ce" and rt.is_main:
+            log.info("Balanced Softmax prior: %s (data.sampler: %s)", SAMPLER_PRIORS[r.data.sampler], r.data.sampler)
         for epoch in range(start_epoch, r.distill.epochs):
             train_stats = self._train_epoch(epoch)
             val = self._evaluate(self.val_set) if rt.is_main else {}
