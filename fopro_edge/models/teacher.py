@@ -29,8 +29,10 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        if self.image_size is not None and x01.shape[-1] != self.image_size:
-            x01 = F.interpolate(x01, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if self.image_size is not None and x01.shape[-2:] != (self.image_size, self.image_size):
+            # antialiased: a downscale must not fold high frequencies (the prompt's among them) into low ones
+            size = (self.image_size, self.image_size)
+            x01 = F.interpolate(x01.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
         x = (x01 - self.mean) / self.std
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
