@@ -72,6 +72,12 @@ class DataConfig:
     image_column: str = "image"
     val_fraction: float = field(default=0.15, metadata=range_(0.0, 0.9, lo_open=True))
     test_fraction: float = field(default=0.15, metadata=range_(0.0, 0.9, lo_open=True))
+    split_seed: int | None = field(default=None, metadata=range_(0))  # seed of the split; default: the recipe's seed
+    # folder source: one class-per-folder tree to split, or root/{train,val,test}/<class> used as given
+    layout: Literal["auto", "tree", "presplit"] = "auto"
+    split_file: str | None = field(default=None, metadata=path_("file"))  # folder source: CSV path,split (or fold)
+    folds: int | None = field(default=None, metadata=range_(1, 100))  # stratified k-fold (null or 1: off)
+    fold: int = field(default=0, metadata=range_(0))  # the test fold (of data.folds, or of the split file's folds)
     image_size: int = field(default=224, metadata=range_(16, 1024))
     batch_size: int = field(default=32, metadata=range_(2))
     eval_batch_size: int = field(default=64, metadata=range_(1))
@@ -238,6 +244,7 @@ def _check_recipe(r: Recipe, ctx: _Context) -> None:
         _fail(ctx, "data.groups.few_below", f"{g.few_below} must be <= many_above + 1 = {g.many_above + 1} (or a class could be both 'many' and 'few')")
     if d.val_fraction + d.test_fraction >= 0.9:
         _fail(ctx, "data.test_fraction", f"val_fraction + test_fraction = {d.val_fraction + d.test_fraction:g} leaves too little to train on (keep it below 0.9)")
+    _check_split_keys(d, ctx)
     if r.teacher.pretrained and r.teacher.weights:
         _fail(ctx, "teacher.weights", "set either teacher.pretrained (hub) or teacher.weights (local file), not both")
     if not r.name or any(c in r.name for c in "/\\"):
@@ -256,6 +263,22 @@ def _check_recipe(r: Recipe, ctx: _Context) -> None:
         from fopro_edge.deploy.profiles import validate_recipe_export  # lazy: the profiles are only needed when a recipe has an export section
 
         validate_recipe_export(r.export, ctx.source)
+
+
+def _check_split_keys(d: DataConfig, ctx: _Context) -> None:
+    """data.layout, data.split_file, data.folds and data.fold: folder source only, and consistent."""
+    kfold = d.folds is not None and d.folds > 1
+    if d.source != "folder":
+        for key, used in (("layout", d.layout != "auto"), ("split_file", d.split_file), ("folds", kfold), ("fold", d.fold)):
+            if used:
+                _fail(ctx, f"data.{key}", f"applies to data.source: folder only (this recipe reads '{d.source}')")
+    if d.layout == "presplit" and (kfold or d.split_file):
+        key = "data.folds" if kfold else "data.split_file"
+        _fail(ctx, key, "a pre-split tree (data.layout: presplit) is used as given; set data.layout: tree to re-split it")
+    if kfold and d.fold >= d.folds:
+        _fail(ctx, "data.fold", f"{d.fold} is out of range (folds are 0..{d.folds - 1} with data.folds: {d.folds})")
+    if d.fold and not kfold and not d.split_file:
+        _fail(ctx, "data.fold", "picks the test fold: set data.folds (k-fold) or a data.split_file with fold numbers")
 
 
 def device_problem(device: str) -> str | None:

@@ -177,6 +177,16 @@ DATA_CASES = [
          "{tmp}/data/zero_byte/a/img_0.png"),
     Case("data/unknown-rare-class", "data", "rare class that is not in the data", (), "unknown class 'zebra'",
          "data.groups.rare_classes"),
+    Case("data/kfold-class-smaller-than-k", "data", "k-fold with a class of fewer images than folds", (),
+         "data.folds: class 'b' has 2 image(s), fewer than data.folds = 3", "{tmp}/data/kfold"),
+    Case("data/presplit-class-not-in-train", "data", "pre-split tree with a test class that has no train folder", (),
+         "class 'c' has no folder in", "{tmp}/data/presplit/test"),
+    Case("data/split-file-unknown-path", "data", "split file row naming an image that is not in the tree", (),
+         "line 3: 'a/gone.png' is not an image under data.root", "{tmp}/data/split_unknown.csv"),
+    Case("data/split-file-image-not-listed", "data", "split file that leaves an image of the tree out", (),
+         "1 image(s) under data.root are not listed, first: b/img_3.png", "{tmp}/data/split_unlisted.csv"),
+    Case("data/split-file-fold-not-in-file", "data", "data.fold that is not a fold of the split file", (),
+         "data.fold: 2 is not a fold of this file (folds: 0, 1)", "{tmp}/data/split_folds.csv"),
 ]
 
 CASES = _recipe_cases() + CLI_CASES + DATA_CASES + EXPORT_CASES
@@ -251,6 +261,24 @@ def _make_data(tmp: Path) -> None:
 
     _tree(d / "rare", {"a": 6, "b": 6})
     _recipe(d / "unknown-rare-class.yaml", folder.format(root="./rare") + "  groups: {rare_classes: [zebra]}\n")
+
+    _tree(d / "kfold", {"a": 6, "b": 2})
+    _recipe(d / "kfold-class-smaller-than-k.yaml", folder.format(root="./kfold") + "  folds: 3\n")
+
+    _tree(d / "presplit" / "train", {"a": 4, "b": 4})
+    _tree(d / "presplit" / "test", {"a": 2, "b": 2, "c": 2})
+    _recipe(d / "presplit-class-not-in-train.yaml", folder.format(root="./presplit"))
+
+    _tree(d / "listed", {"a": 4, "b": 4})
+    listed = [f"{c}/img_{j}.png" for c in "ab" for j in range(4)]
+    _csv(d / "split_unknown.csv", ["path", "split"], [[listed[0], "train"], ["a/gone.png", "test"]]
+         + [[p, "train"] for p in listed[1:]])
+    _recipe(d / "split-file-unknown-path.yaml", folder.format(root="./listed") + "  split_file: ./split_unknown.csv\n")
+    _csv(d / "split_unlisted.csv", ["path", "split"], [[p, "train"] for p in listed[:-1]])
+    _recipe(d / "split-file-image-not-listed.yaml", folder.format(root="./listed") + "  split_file: ./split_unlisted.csv\n")
+    _csv(d / "split_folds.csv", ["path", "fold"], [[p, str(j % 2)] for j, p in enumerate(listed)])
+    _recipe(d / "split-file-fold-not-in-file.yaml",
+            folder.format(root="./listed") + "  split_file: ./split_folds.csv\n  fold: 2\n")
 
     # CSV sources: images/<id>.png, labels in column `finding`
     def images(root: Path, n: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""Dataset readers: class-per-folder trees, ISIC-style CSV splits, and the embedded digits demo.
+"""Dataset readers: class-per-folder trees (one tree, or pre-split), ISIC-style CSV splits, the digits demo.
 
 ``ImageList`` and the synthetic generators are re-exported here so every data source is one import.
 """
@@ -22,11 +22,13 @@ from fopro_edge.errors import DataError
 __all__ = [
     "ISIC2019_CLASSES",
     "ImageList",
+    "find_presplit_folders",
     "load_digits_longtail",
     "make_synthetic_csv_split",
     "make_synthetic_tree",
     "read_csv_split",
     "scan_folder_tree",
+    "scan_presplit_tree",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,63 @@ def scan_folder_tree(root: str | Path) -> ImageList:
         labels.extend([k] * len(files))
     logger.info("%s: %d images in %d classes", root, len(refs), len(names))
     return ImageList(refs, np.asarray(labels, dtype=np.int64), names, id_prefix="file")
+
+
+# A pre-split tree: root/train/<class>/..., root/val/<class>/... (optional), root/test/<class>/...
+PRESPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+def find_presplit_folders(root: str | Path) -> dict[str, Path] | None:
+    """The split folders of a pre-split tree (``train/`` beside ``val/`` and/or ``test/``), else None.
+
+    Other folders beside the split folders are an error: the tree would be ambiguous.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        return None
+    subdirs = {d.name: d for d in root.iterdir() if d.is_dir() and not _hidden(d.name)}
+    if "train" not in subdirs:
+        return None
+    found = {"train": subdirs["train"]}
+    for split in ("val", "test"):
+        names = [n for n in PRESPLIT_FOLDERS[split] if n in subdirs]
+        if len(names) > 1:
+            raise DataError(f"{root}: data.layout: both {names[0]}/ and {names[1]}/ look like the {split} split (keep one)")
+        if names:
+            found[split] = subdirs[names[0]]
+    if len(found) == 1:
+        return None
+    others = sorted(set(subdirs) - {p.name for p in found.values()})
+    if others:
+        raise DataError(
+            f"{root}: data.layout: the root holds split folders ({', '.join(p.name + '/' for p in found.values())}) "
+            f"and also {others[0]}/ (move it into a split folder, or set data.layout: tree to read the root as one tree)"
+        )
+    return found
+
+
+def scan_presplit_tree(folders: dict[str, Path]) -> dict[str, ImageList]:
+    """Scan each split folder as a class-per-folder tree, labelled with the training classes.
+
+    A val/test class without a training folder is an error; a training class missing from
+    val/test is allowed (the split check warns).
+    """
+    lists = {split: scan_folder_tree(path) for split, path in folders.items()}
+    names = lists["train"].class_names
+    index = {n: k for k, n in enumerate(names)}
+    for split in ("val", "test"):
+        if split not in lists:
+            continue
+        s = lists[split]
+        extra = [n for n in s.class_names if n not in index]
+        if extra:
+            raise DataError(
+                f"{folders[split]}: class '{extra[0]}' has no folder in {folders['train']} "
+                "(the class sets of the split folders must agree; every class needs training images)"
+            )
+        remap = np.asarray([index[n] for n in s.class_names], dtype=np.int64)
+        lists[split] = ImageList(s.refs, remap[s.labels], names, id_prefix=s.id_prefix)
+    return lists
 
 
 def read_csv_split(
