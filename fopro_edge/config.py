@@ -139,6 +139,7 @@ class AKDConfig:
     """Stage 3: adversarial FPG steps during distillation."""
 
     every: int = field(default=4, metadata=range_(1))
+    start_epoch: int = field(default=0, metadata=range_(0))  # first epoch (0-based) with AKD steps
     lr: float = field(default=1e-3, metadata=range_(0.0, 10.0, lo_open=True))
     probe_weight: float = field(default=1.0, metadata=range_(0.0))
     gain_l2: float = field(default=0.1, metadata=range_(0.0))
@@ -259,6 +260,7 @@ def _check_recipe(r: Recipe, ctx: _Context) -> None:
             problem = _model_problem(name)
             if problem:
                 _fail(ctx, key, problem)
+    _check_distill(r, ctx)
     if r.export:
         from fopro_edge.deploy.profiles import validate_recipe_export  # lazy: the profiles are only needed when a recipe has an export section
 
@@ -279,6 +281,12 @@ def _check_split_keys(d: DataConfig, ctx: _Context) -> None:
         _fail(ctx, "data.fold", f"{d.fold} is out of range (folds are 0..{d.folds - 1} with data.folds: {d.folds})")
     if d.fold and not kfold and not d.split_file:
         _fail(ctx, "data.fold", "picks the test fold: set data.folds (k-fold) or a data.split_file with fold numbers")
+
+
+def _check_distill(r: Recipe, ctx: _Context) -> None:
+    dc = r.distill
+    if dc.method == "fopro" and dc.akd.start_epoch >= dc.epochs:
+        _fail(ctx, "distill.akd.start_epoch", f"{dc.akd.start_epoch} must be < distill.epochs = {dc.epochs} (AKD would never run)")
 
 
 def device_problem(device: str) -> str | None:

@@ -257,7 +257,7 @@ def _method_section(recipe: Recipe | None, metrics: Mapping[str, Any] | None) ->
     if d.method in ("ekd+fpg", "fopro"):
         rows.append(["FPG", f"alpha {p.alpha}, band {p.band}, conditional {p.conditional}"])
     if d.method == "fopro":
-        rows.append(["AKD", f"adversarial FPG step every {d.akd.every} steps, lr {d.akd.lr}"])
+        rows.append(["AKD", f"adversarial FPG step every {d.akd.every} steps from epoch {d.akd.start_epoch + 1}, lr {d.akd.lr}"])
     out = ["## 2. Method\n", markdown_table(["", ""], rows)]
     ex = (metrics or {}).get("explore")
     if ex:

@@ -63,6 +63,9 @@ def test_missing_path_names_the_key(tmp_path):
 def test_cross_field_rules():
     assert "data.root: required when data.source is 'folder'" in _err({"data": {"source": "folder"}})
     assert "data.train_csv: required" in _err({"data": {"source": "csv"}})
+    assert "distill.akd.start_epoch: 5 must be < distill.epochs = 5 (AKD would never run)" in _err(
+        {"distill": {"epochs": 5, "akd": {"start_epoch": 5}}})
+    recipe_from_dict({"distill": {"method": "ekd", "epochs": 5, "akd": {"start_epoch": 5}}})  # no AKD: no rule
 
 
 def test_overrides_apply_and_validate():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -59,6 +60,19 @@ def test_explore_logs_probe_accuracy_with_and_without_prompt(tmp_path):
     for key in ("probe_balanced_accuracy_with_prompt", "probe_balanced_accuracy_without_prompt"):
         assert 0.0 <= explore[key] <= 1.0
     assert explore["gain_min"] >= torch.exp(torch.tensor(-1.0)).item() - 1e-6
+
+
+def test_akd_steps_are_recorded_one_by_one_from_their_start_epoch(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="fopro_edge"):
+        result = _run(tmp_path, "run", "distill.akd.start_epoch=1", "distill.akd.every=2", "data.sampler=balanced")
+    assert "Balanced Softmax prior: uniform (data.sampler: balanced)" in caplog.text
+    first, second = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    assert "akd_steps" not in first and "akd_adv" not in first["train"]
+    steps = second["akd_steps"]
+    assert [s["step"] for s in steps] == [4]  # 3 steps per epoch (0-2, 3-5), AKD on even steps from epoch 2
+    assert {"adv", "probe", "gain_l2"} <= set(steps[0])
+    # the epoch mean of an AKD term is over AKD steps, not over every step of the epoch
+    assert second["train"]["akd_adv"] == pytest.approx(sum(s["adv"] for s in steps) / len(steps))
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path):

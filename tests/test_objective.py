@@ -35,3 +35,69 @@ def test_balanced_softmax_shifts_logits_by_the_log_prior_of_the_sampler(sampler,
     z, y = torch.randn(8, 4), torch.randint(0, 4, (8,))
     expected = F.cross_entropy(z + torch.log(torch.as_tensor(prior, dtype=torch.float32)), y)
     assert torch.allclose(objective.bsm(z, y), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- a tiny FoPro-KD set-up
+
+
+def _parts(method: str = "fopro", size: int = 32, **distill):
+    """Recipe, objective, student net (with EKD heads), teacher, prompt and probe on 4 classes."""
+    from torch import nn
+
+    from fopro_edge.distill.method import DistillNet
+    from fopro_edge.models import build_student, build_teacher
+    from fopro_edge.models.student import EKDHeads, feature_dim
+    from fopro_edge.prompt import FourierPromptGenerator
+
+    recipe = _recipe(
+        data={"image_size": size}, teacher={"model": "test_efficientnet"}, student={"model": "test_resnet"},
+        distill={"method": method, **distill},
+    )
+    torch.manual_seed(0)
+    teacher = build_teacher(recipe.teacher)
+    student = build_student(recipe.student, len(COUNTS))
+    t_dim, s_dim = feature_dim(teacher, size, features=teacher), feature_dim(student, size)
+    net = DistillNet(student, EKDHeads(s_dim, s_dim, t_dim, len(COUNTS)))
+    prompt = FourierPromptGenerator.from_config(recipe.prompt, size) if recipe.uses_prompt else None
+    probe = nn.Linear(t_dim, len(COUNTS)) if prompt is not None else None
+    return recipe, Objective(recipe, COUNTS, teacher, prompt, probe), net, teacher, prompt, probe
+
+
+def _batch(n: int = 16, size: int = 32):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 3, size, size, generator=g), torch.arange(n) % len(COUNTS)
+
+
+def test_akd_steps_raise_the_student_teacher_discrepancy():
+    # the probe and gain terms are off: the prompt's only goal is the adversarial one
+    _, objective, net, _, prompt, _ = _parts(akd={"every": 1, "probe_weight": 0.0, "gain_l2": 0.0})
+    net.eval()  # the student stays fixed; only the prompt moves
+    x, y = _batch()
+    opt = torch.optim.Adam(prompt.parameters(), lr=1e-2)
+    adv = []
+    for step in range(10):
+        out = objective(net, x, y, step)
+        assert out.prompt_loss is not None
+        adv.append(float(out.terms["akd_adv"]))
+        opt.zero_grad()
+        out.prompt_loss.backward()
+        opt.step()
+    with torch.no_grad():
+        _, q, _ = net(x)
+        from fopro_edge.distill.losses import alignment_loss
+
+        final = float(alignment_loss(q, objective.teacher(prompt(x))))
+    assert final > adv[0] + 0.05, adv + [final]  # measured: 2.010 -> 2.15 (flipped sign: it falls)
+    assert sum(b > a for a, b in zip(adv, adv[1:])) >= 7, adv
+    assert prompt.prompt.grad is not None and prompt.prompt.abs().max() > 0
+
+
+def test_akd_starts_at_its_start_epoch_and_runs_every_k_steps():
+    _, objective, net, *_ = _parts(epochs=4, akd={"every": 2, "start_epoch": 2})
+    x, y = _batch(8)
+    due = {}
+    for epoch in range(4):
+        objective.set_epoch(epoch)
+        due[epoch] = [objective(net, x, y, step).prompt_loss is not None for step in range(4)]
+    assert due[0] == due[1] == [False] * 4
+    assert due[2] == due[3] == [True, False, True, False]

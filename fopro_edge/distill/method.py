@@ -47,13 +47,18 @@ class Objective:
         # The prior of the batches the sampler draws: BSM corrects for it once (uniform under `balanced`).
         self.bsm = BalancedSoftmax(sampler_prior(class_counts, recipe.data.sampler))
         self.teacher, self.prompt, self.probe = teacher, prompt, probe
+        self.epoch = 0
 
     def to(self, device: torch.device) -> "Objective":
         self.bsm.to(device)
         return self
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before every epoch (0-based): epoch-dependent parts of the objective."""
+        self.epoch = epoch
+
     def akd_due(self, step: int) -> bool:
-        return self.method == "fopro" and step % self.akd.every == 0
+        return self.method == "fopro" and self.epoch >= self.akd.start_epoch and step % self.akd.every == 0
 
     def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> StepOutput:
         z1, q, z2 = net(x)
@@ -75,7 +80,7 @@ class Objective:
             probe_loss = self.bsm(self.probe(t), y)
             reg = _module(self.prompt).gain_regulariser(log_gain=log_gain)
             prompt_loss = -adv + self.akd.probe_weight * probe_loss + self.akd.gain_l2 * reg
-            terms.update(akd_adv=adv.detach(), akd_probe=probe_loss.detach())
+            terms.update(akd_adv=adv.detach(), akd_probe=probe_loss.detach(), akd_gain_l2=reg.detach())
             t = t.detach()
         else:
             with torch.no_grad():

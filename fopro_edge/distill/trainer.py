@@ -87,6 +87,7 @@ class Trainer:
         eval_tf = build_transform(d.image_size, "none", training=False)
         self.val_set = ImageDataset(self.splits.val, eval_tf)
         self.test_set = ImageDataset(self.splits.test, eval_tf)
+        self.akd_steps: list[dict[str, float]] = []  # this epoch's AKD steps
         self._build_models()
 
     # ------------------------------------------------------------------ set-up
@@ -204,8 +205,11 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self._start_epoch(epoch)
+        self.objective.set_epoch(epoch)
         self.net.train()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        self.akd_steps = []
         n = 0
         started = time.perf_counter()
         bar = None
@@ -218,6 +222,9 @@ class Trainer:
             terms = self.train_step(x, y, step)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            if "akd_adv" in terms:
+                self._log_akd_step(step, terms)
             n += 1
             if bar is not None:
                 bar.update(1)
@@ -227,10 +234,16 @@ class Trainer:
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - started
-        out = {k: v / max(n, 1) for k, v in sums.items()}
+        out = {k: v / counts[k] for k, v in sums.items()}  # AKD terms: the mean over AKD steps only
         out["images_per_s"] = n * self.loader.batch_size * self.rt.world_size / max(seconds, 1e-9)
         out["epoch_seconds"] = seconds
         return out
+
+    def _log_akd_step(self, step: int, terms: dict[str, float]) -> None:
+        """One record per AKD step: its adversarial alignment, probe and gain terms (history.jsonl, ``akd_steps``)."""
+        rec = {"step": step, **{k.removeprefix("akd_"): terms[k] for k in ("akd_adv", "akd_probe", "akd_gain_l2")}}
+        self.akd_steps.append(rec)
+        log.debug("AKD step %d: adversarial alignment %.4f, probe %.4f, gain L2 %.4g", rec["step"], rec["adv"], rec["probe"], rec["gain_l2"])
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         rt, r = self.rt, self.recipe
@@ -312,6 +325,8 @@ class Trainer:
             "val": {k: val[k] for k in ("balanced_accuracy", "macro_f1", "accuracy", "rare_recall", "group_recall")},
             "best": improved,
         }
+        if self.akd_steps:
+            record["akd_steps"] = self.akd_steps
         with open(self.run_dir.history, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         save_checkpoint(self.run_dir.last_checkpoint, self._full_state(epoch))
@@ -321,6 +336,10 @@ class Trainer:
             epoch + 1, self.recipe.distill.epochs, train_stats.get("loss", float("nan")), score, val["macro_f1"],
             _fmt(val["rare_recall"]), _fmt(g.get("few")), train_stats["images_per_s"], " *best*" if improved else "",
         )
+        if self.akd_steps:
+            adv = [a["adv"] for a in self.akd_steps]
+            log.info("epoch %d AKD: %d steps, adversarial alignment %.4f first, %.4f last, %.4f max",
+                     epoch + 1, len(adv), adv[0], adv[-1], max(adv))
 
     # ------------------------------------------------------------------ checkpoints
     def _export_state(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
