@@ -150,6 +150,8 @@ class DistillConfig:
     method: Literal["ce", "bsm", "ekd", "ekd+fpg", "fopro"] = "fopro"
     epochs: int = field(default=100, metadata=range_(1))
     align_weight: float = field(default=3.0, metadata=range_(0.0))  # lambda of the EKD alignment loss
+    # drw: effective-number class weights (beta 0.9999) on the alignment loss from 0.8 of the epochs on
+    align_balance: Literal["none", "drw"] = "none"
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     akd: AKDConfig = field(default_factory=AKDConfig)
 

@@ -253,7 +253,8 @@ def _method_section(recipe: Recipe | None, metrics: Mapping[str, Any] | None) ->
         ["epochs / optimiser", f"{d.epochs} / {o.name} lr {o.lr}, {o.schedule}"],
     ]
     if d.method in ("ekd", "ekd+fpg", "fopro"):
-        rows.append(["EKD alignment weight λ", f"{d.align_weight}"])
+        rows.append(["EKD alignment weight λ", f"{d.align_weight}" + (", class-balanced (DRW) from 0.8 of the epochs"
+                                                                    if d.align_balance == "drw" else "")])
     if d.method in ("ekd+fpg", "fopro"):
         rows.append(["FPG", f"alpha {p.alpha}, band {p.band}, conditional {p.conditional}"])
     if d.method == "fopro":

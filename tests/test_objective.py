@@ -101,3 +101,40 @@ def test_akd_starts_at_its_start_epoch_and_runs_every_k_steps():
         due[epoch] = [objective(net, x, y, step).prompt_loss is not None for step in range(4)]
     assert due[0] == due[1] == [False] * 4
     assert due[2] == due[3] == [True, False, True, False]
+
+
+def test_drw_weights_switch_on_at_0_8_of_training():
+    from fopro_edge.distill.losses import alignment_loss, effective_number_weights
+
+    _, objective, net, teacher, *_ = _parts("ekd", epochs=10, align_balance="drw")
+    net.eval()
+    x, y = _batch(8)
+    with torch.no_grad():
+        _, q, _ = net(x)
+        per_sample = 2 - 2 * F.cosine_similarity(q, teacher(x), dim=-1)
+    beta = 0.9999
+    w = torch.tensor([(1 - beta) / (1 - beta**n) for n in COUNTS])
+    w = w / w.sum() * len(COUNTS)  # released code: sum to the number of classes
+    torch.testing.assert_close(torch.as_tensor(effective_number_weights(COUNTS), dtype=torch.float32), w)
+    assert w[-1] > 10 * w[0]  # the one-image class weighs most
+    align = {}
+    for epoch in (0, 7, 8, 9):
+        objective.set_epoch(epoch)
+        with torch.no_grad():
+            align[epoch] = float(objective(net, x, y, 0).terms["align"])
+    plain, weighted = float(per_sample.mean()), float((per_sample * w[y]).mean())
+    assert align[0] == pytest.approx(plain, rel=1e-5) and align[7] == pytest.approx(plain, rel=1e-5)
+    assert align[8] == pytest.approx(weighted, rel=1e-5) and align[9] == pytest.approx(weighted, rel=1e-5)
+    assert abs(weighted - plain) > 0.1
+    assert float(alignment_loss(q, teacher(x))) == pytest.approx(plain, rel=1e-5)
+
+
+def test_without_drw_the_alignment_is_never_weighted():
+    _, objective, net, teacher, *_ = _parts("ekd", epochs=10)
+    net.eval()
+    x, y = _batch(8)
+    objective.set_epoch(9)
+    with torch.no_grad():
+        _, q, _ = net(x)
+        plain = float((2 - 2 * F.cosine_similarity(q, teacher(x), dim=-1)).mean())
+        assert float(objective(net, x, y, 0).terms["align"]) == pytest.approx(plain, rel=1e-5)

@@ -41,8 +41,24 @@ class BalancedSoftmax(nn.Module):
         return F.cross_entropy(logits.float() + self.log_prior, target)
 
 
-def alignment_loss(student_proj: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
-    """EKD feature alignment: mean over the batch of 2 - 2 cos(q, t), in float32."""
+def alignment_loss(
+    student_proj: torch.Tensor, teacher_feat: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """EKD feature alignment: mean over the batch of 2 - 2 cos(q, t), in float32.
+
+    ``weight``: one factor per sample (the released class-balanced variant weights by the label's class).
+    """
     q = F.normalize(student_proj.float(), dim=-1)
     t = F.normalize(teacher_feat.float(), dim=-1)
-    return (2 - 2 * (q * t).sum(dim=-1)).mean()
+    per_sample = 2 - 2 * (q * t).sum(dim=-1)
+    return (per_sample if weight is None else per_sample * weight.float()).mean()
+
+
+def effective_number_weights(class_counts: np.ndarray | list[int], beta: float = 0.9999) -> np.ndarray:
+    """Class-balanced weights (Cui et al., 2019) as the released code computes them:
+    (1 - beta) / (1 - beta^n_c), scaled to sum to the number of classes with train images (others 0)."""
+    n = np.asarray(class_counts, dtype=np.float64)
+    w = np.zeros_like(n)
+    present = n > 0
+    w[present] = (1.0 - beta) / (1.0 - np.power(beta, n[present]))
+    return w / w.sum() * present.sum()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fopro_edge.config import Recipe
-from fopro_edge.distill.losses import BalancedSoftmax, alignment_loss, sampler_prior
+from fopro_edge.distill.losses import BalancedSoftmax, alignment_loss, effective_number_weights, sampler_prior
 from fopro_edge.models.student import EKDHeads, Student
 
 
@@ -30,6 +30,9 @@ class DistillNet(nn.Module):
         return z1, q, z2
 
 
+DRW_FROM = 0.8  # share of the epochs after which deferred re-weighting starts (released code)
+
+
 @dataclass
 class StepOutput:
     loss: torch.Tensor
@@ -47,15 +50,25 @@ class Objective:
         # The prior of the batches the sampler draws: BSM corrects for it once (uniform under `balanced`).
         self.bsm = BalancedSoftmax(sampler_prior(class_counts, recipe.data.sampler))
         self.teacher, self.prompt, self.probe = teacher, prompt, probe
+        # Deferred re-weighting of the alignment loss (released code, --balanced_free): on from epoch int(0.8 E).
+        self.drw_weights = None
+        if recipe.distill.align_balance == "drw":
+            self.drw_weights = torch.as_tensor(effective_number_weights(class_counts), dtype=torch.float32)
+        self.drw_start = int(DRW_FROM * recipe.distill.epochs)
+        self.align_class_weights: torch.Tensor | None = None
         self.epoch = 0
 
     def to(self, device: torch.device) -> "Objective":
         self.bsm.to(device)
+        if self.drw_weights is not None:
+            self.drw_weights = self.drw_weights.to(device)
         return self
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer before every epoch (0-based): epoch-dependent parts of the objective."""
         self.epoch = epoch
+        drw_on = self.drw_weights is not None and epoch >= self.drw_start
+        self.align_class_weights = self.drw_weights if drw_on else None
 
     def akd_due(self, step: int) -> bool:
         return self.method == "fopro" and self.epoch >= self.akd.start_epoch and step % self.akd.every == 0
@@ -85,7 +98,8 @@ class Objective:
         else:
             with torch.no_grad():
                 t = self.teacher(self.prompt(x) if self.prompt is not None else x)
-        terms["align"] = alignment_loss(q, t)
+        w = self.align_class_weights
+        terms["align"] = alignment_loss(q, t, None if w is None else w[y])
         loss = terms["bsm"] + terms["bsm_proj"] + self.align_weight * terms["align"]
         return StepOutput(loss, terms, prompt_loss)
 

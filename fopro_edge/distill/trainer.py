@@ -193,6 +193,9 @@ class Trainer:
         )
         if r.distill.method != "ce" and rt.is_main:
             log.info("Balanced Softmax prior: %s (data.sampler: %s)", SAMPLER_PRIORS[r.data.sampler], r.data.sampler)
+        if r.uses_teacher and r.distill.align_balance == "drw" and rt.is_main:
+            log.info("alignment loss: effective-number class weights (DRW) from epoch %d of %d",
+                     self.objective.drw_start + 1, r.distill.epochs)
         for epoch in range(start_epoch, r.distill.epochs):
             train_stats = self._train_epoch(epoch)
             val = self._evaluate(self.val_set) if rt.is_main else {}
