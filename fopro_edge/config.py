@@ -157,6 +157,14 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How the student's own evaluation reads its logits (exported artifacts do not apply this yet)."""
+
+    # test-time logit adjustment: argmax(logits - tau * log train prior); 0: off; auto: tau chosen on val
+    logit_adjust: float | Literal["auto"] = field(default=0.0, metadata=range_(0.0, 10.0))
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = field(default=3e-4, metadata=range_(0.0, 10.0, lo_open=True))
@@ -187,6 +195,7 @@ class Recipe:
     student: StudentConfig = field(default_factory=StudentConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # Free-form per-target export overrides, validated by the export profile loader.

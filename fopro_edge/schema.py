@@ -134,9 +134,15 @@ def _value(tp: Any, v: Any, key: str, meta: typing.Mapping, ctx: _Context) -> An
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if v is None:
+        if v is None and len(args) < len(typing.get_args(tp)):
             return None
-        return _value(args[0], v, key, meta, ctx)
+        errors = []
+        for arg in args:  # e.g. float | Literal["auto"]: the first member that takes the value
+            try:
+                return _value(arg, v, key, meta, ctx)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[-1] if isinstance(v, str) else errors[0]  # a word fails as a choice, a number as a number
     if dataclasses.is_dataclass(tp):
         return _convert(tp, {} if v is None else v, key, ctx)
     if origin is Literal:

@@ -259,6 +259,10 @@ def _method_section(recipe: Recipe | None, metrics: Mapping[str, Any] | None) ->
         rows.append(["FPG", f"alpha {p.alpha}, band {p.band}, conditional {p.conditional}"])
     if d.method == "fopro":
         rows.append(["AKD", f"adversarial FPG step every {d.akd.every} steps from epoch {d.akd.start_epoch + 1}, lr {d.akd.lr}"])
+    la = (metrics or {}).get("logit_adjust") or {}
+    if la.get("tau"):
+        rows.append(["test-time logit adjustment", f"τ = {la['tau']:g} ({la.get('mode')}); PyTorch evaluation only, "
+                                                   "not applied by exported artifacts"])
     out = ["## 2. Method\n", markdown_table(["", ""], rows)]
     ex = (metrics or {}).get("explore")
     if ex:

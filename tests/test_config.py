@@ -68,6 +68,15 @@ def test_cross_field_rules():
     recipe_from_dict({"distill": {"method": "ekd", "epochs": 5, "akd": {"start_epoch": 5}}})  # no AKD: no rule
 
 
+def test_logit_adjust_takes_a_number_or_auto():
+    assert recipe_from_dict({}).eval.logit_adjust == 0.0
+    assert recipe_from_dict({"eval": {"logit_adjust": 1}}).eval.logit_adjust == 1.0
+    assert recipe_from_dict({}, ["eval.logit_adjust=auto"]).eval.logit_adjust == "auto"
+    assert "eval.logit_adjust: -0.5 is out of range (must be >= 0.0)" in _err({"eval": {"logit_adjust": -0.5}})
+    assert "eval.logit_adjust: 'atuo' is not allowed (did you mean 'auto'?" in _err({"eval": {"logit_adjust": "atuo"}})
+    assert "eval.logit_adjust: expected a number, got None" in _err({"eval": {"logit_adjust": None}})
+
+
 def test_overrides_apply_and_validate():
     r = recipe_from_dict({}, ["distill.method=bsm", "data.batch_size=8", "teacher.strip_prefixes=[a.]"])
     assert r.distill.method == "bsm" and r.data.batch_size == 8 and r.teacher.strip_prefixes == ["a."]

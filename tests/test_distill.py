@@ -75,6 +75,28 @@ def test_akd_steps_are_recorded_one_by_one_from_their_start_epoch(tmp_path, capl
     assert second["train"]["akd_adv"] == pytest.approx(sum(s["adv"] for s in steps) / len(steps))
 
 
+def test_logit_adjustment_auto_is_chosen_on_val_and_recorded(tmp_path):
+    from fopro_edge.distill.logit_adjust import TAU_GRID
+
+    result = _run(tmp_path, "run", "distill.method=bsm", "distill.epochs=1", "eval.logit_adjust=auto")
+    m = json.loads((result.run_dir / "metrics" / "metrics.json").read_text())
+    la = m["logit_adjust"]
+    assert la["mode"] == "auto" and la["tau"] in TAU_GRID and la["applied_by_exported_artifacts"] is False
+    assert set(la["val_balanced_accuracy"]) == {f"{t:g}" for t in TAU_GRID}
+    assert la["val_balanced_accuracy"][f"{la['tau']:g}"] == max(la["val_balanced_accuracy"].values())
+    counts = json.loads((result.run_dir / "longtail.json").read_text())["counts"]
+    assert la["class_prior"] == pytest.approx([c / sum(counts) for c in counts])  # the train split's prior
+    _, info = load_student(result.best_checkpoint)
+    assert info.logit_adjust == {"tau": la["tau"], "class_prior": la["class_prior"]}
+    assert (la["tau"] > 0) == ("test_without" in la)
+
+    fixed = _run(tmp_path, "fixed", "distill.method=bsm", "distill.epochs=1", "eval.logit_adjust=1.5")
+    la = json.loads((fixed.run_dir / "metrics" / "metrics.json").read_text())["logit_adjust"]
+    assert la["mode"] == "fixed" and la["tau"] == 1.5 and "balanced_accuracy" in la["test_without"]
+    assert "τ = 1.5 (set in the recipe)" in (fixed.run_dir / "metrics" / "metrics.md").read_text()
+    assert load_student(fixed.best_checkpoint)[1].logit_adjust["tau"] == 1.5
+
+
 def test_an_existing_run_is_not_overwritten(tmp_path):
     from fopro_edge.errors import ConfigError
 
@@ -142,3 +164,15 @@ def test_resume_refuses_another_recipe_but_allows_more_epochs(tmp_path):
     result = _run(tmp_path, "run", "distill.method=bsm", "distill.epochs=2", resume=True)
     history = (result.run_dir / "history.jsonl").read_text().splitlines()
     assert [json.loads(h)["epoch"] for h in history] == [1, 2]
+
+
+def test_resume_reads_keys_missing_from_an_older_recipe_as_their_defaults(tmp_path):
+    from fopro_edge.distill.trainer import _check_same_recipe
+    from fopro_edge.errors import ConfigError
+
+    current = load_recipe(SMOKE).to_dict()
+    older = {k: v for k, v in current.items() if k != "eval"}
+    older["distill"] = {k: v for k, v in current["distill"].items() if k != "align_balance"}
+    _check_same_recipe(older, current, tmp_path / "last.pt")
+    with pytest.raises(ConfigError, match="differs .* at eval.logit_adjust"):
+        _check_same_recipe(older, load_recipe(SMOKE, ["eval.logit_adjust=auto"]).to_dict(), tmp_path / "last.pt")

@@ -138,3 +138,25 @@ def test_without_drw_the_alignment_is_never_weighted():
         _, q, _ = net(x)
         plain = float((2 - 2 * F.cosine_similarity(q, teacher(x), dim=-1)).mean())
         assert float(objective(net, x, y, 0).terms["align"]) == pytest.approx(plain, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- test-time logit adjustment
+
+
+def test_logit_adjustment_moves_predictions_toward_rare_classes_as_tau_grows():
+    from fopro_edge.distill.logit_adjust import adjusted_predictions, balanced_accuracy, choose_tau, train_prior
+
+    prior = train_prior(COUNTS)
+    np.testing.assert_allclose(prior, np.asarray(COUNTS) / sum(COUNTS))
+    # a classifier that learned the train prior: logits = class evidence + log prior, on balanced test labels
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 200)
+    logits = 2.0 * np.eye(4)[y] + rng.normal(0, 1, (len(y), 4)) + np.log(prior)[None, :]
+    taus = [0.0, 0.5, 1.0, 1.5, 2.0]
+    rare = [int(np.isin(adjusted_predictions(logits, prior, t), [2, 3]).sum()) for t in taus]
+    assert all(b > a for a, b in zip(rare, rare[1:])), rare
+    assert (adjusted_predictions(logits, prior, 0.0) == logits.argmax(1)).all()  # tau 0: off
+    tau, scores = choose_tau(y, logits, prior)
+    assert tau == pytest.approx(1.0, abs=0.26)  # the prior the logits carry is undone at tau = 1
+    assert scores[tau] > scores[0.0] + 0.1
+    assert balanced_accuracy(y, adjusted_predictions(logits, prior, tau)) == scores[tau]

@@ -55,6 +55,9 @@ class StudentInfo:
     sha256: str
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # test-time logit adjustment the run's evaluation applied ({"tau", "class_prior"}; empty: none recorded).
+    # Exported artifacts do not apply it yet.
+    logit_adjust: dict[str, Any] = field(default_factory=dict)
 
 
 def _mismatch(found: dict[str, Any], expected: dict[str, Any]) -> str | None:
@@ -100,5 +103,6 @@ def load_student(path: str | Path, device: str | torch.device = "cpu"):
         sha256=sha256_files([path]),
         recipe=state["recipe"],
         metrics=dict(state.get("metrics") or {}),
+        logit_adjust=dict(state.get("logit_adjust") or {}),
     )
     return student.to(device).eval(), info

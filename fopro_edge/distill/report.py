@@ -112,10 +112,25 @@ def _markdown(metrics: Mapping[str, Any], title: str, files: Mapping[str, str]) 
             ["class", "group", "rare", "train", "support", "precision %", "recall %", "F1 %"], rows
         ),
     ]
+    parts += _logit_adjust_note(metrics.get("logit_adjust"))
     images = [f"![{name}]({fname})" for name, fname in files.items()]
     if images:
         parts += ["## Plots\n", "\n\n".join(images) + "\n"]
     return "\n".join(parts)
+
+
+def _logit_adjust_note(la: Mapping[str, Any] | None) -> list[str]:
+    if not la or not la.get("tau"):
+        return []
+    how = "chosen on the validation split" if la.get("mode") == "auto" else "set in the recipe"
+    plain = la.get("test_without") or {}
+    few = (plain.get("group_recall") or {}).get("few")
+    return [
+        "## Test-time logit adjustment\n",
+        f"Predictions are argmax(logits − τ·log π), τ = {la['tau']:g} ({how}), π the train class frequencies. "
+        f"Without it: balanced accuracy {_pct(plain.get('balanced_accuracy'))} %, few recall {_pct(few)} %. "
+        "Exported artifacts return the plain logits (no adjustment).\n",
+    ]
 
 
 # ---------------------------------------------------------------------------- plots

@@ -29,6 +29,7 @@ from fopro_edge.data import (
 )
 from fopro_edge.distill.checkpoint import load_checkpoint, save_checkpoint
 from fopro_edge.distill.explore import explore_prompt
+from fopro_edge.distill.logit_adjust import adjusted_predictions, choose_tau, train_prior
 from fopro_edge.distill.losses import SAMPLER_PRIORS, sampler_prior
 from fopro_edge.distill.method import DistillNet, Objective
 from fopro_edge.distill.metrics import classification_metrics
@@ -83,6 +84,7 @@ class Trainer:
         self.splits = build_splits(d, recipe.seed)
         self.class_names = list(self.splits.class_names)
         self.stats = compute_longtail_stats(self.splits.train.labels, self.class_names, d.groups)
+        self.train_prior = train_prior(self.stats.counts)  # of test-time logit adjustment
         self.train_set = ImageDataset(self.splits.train, build_transform(d.image_size, d.augment, training=True, flips=d.flips))
         eval_tf = build_transform(d.image_size, "none", training=False)
         self.val_set = ImageDataset(self.splits.val, eval_tf)
@@ -293,26 +295,46 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def _predict(self, dataset) -> tuple[np.ndarray, np.ndarray]:
+    def _logits(self, dataset) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and float32 student logits of ``dataset``."""
         self.student.eval()
-        ys, ps = [], []
+        ys, zs = [], []
         for x, y, _ in self._eval_loader(dataset):
             x = x.to(self.rt.device)
             if self.rt.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.rt.autocast():
                 logits = self.student(x)
-            ps.append(logits.argmax(1).cpu().numpy())
+            zs.append(logits.float().cpu().numpy())
             ys.append(y.numpy())
         self.student.train()
-        return np.concatenate(ys), np.concatenate(ps)
+        return np.concatenate(ys), np.concatenate(zs)
 
-    def _evaluate(self, dataset) -> dict[str, Any]:
-        y_true, y_pred = self._predict(dataset)
+    def _metrics(self, y_true: np.ndarray, logits: np.ndarray, tau: float) -> dict[str, Any]:
+        y_pred = adjusted_predictions(logits, self.train_prior, tau)
         return classification_metrics(
             y_true, y_pred, self.class_names,
             train_counts=list(self.stats.counts), groups=self.stats.group_of(), rare_classes=list(self.stats.rare_classes),
         )
+
+    def _evaluate(self, dataset) -> dict[str, Any]:
+        """Metrics with the recipe's fixed logit adjustment (none while ``auto`` is still to be chosen)."""
+        la = self.recipe.eval.logit_adjust
+        return self._metrics(*self._logits(dataset), 0.0 if la == "auto" else la)
+
+    def _logit_adjustment(self) -> dict[str, Any]:
+        """The test-time logit adjustment of the best student: tau as set, or chosen on val (``auto``)."""
+        la = self.recipe.eval.logit_adjust
+        out: dict[str, Any] = {"mode": "auto" if la == "auto" else "fixed" if la else "off", "tau": 0.0 if la == "auto" else la,
+                               "prior": "train class frequencies", "class_prior": self.train_prior.tolist(),
+                               "applied_by_exported_artifacts": False}
+        if la == "auto":
+            y_val, z_val = self._logits(self.val_set)
+            out["tau"], scores = choose_tau(y_val, z_val, self.train_prior)
+            out["val_balanced_accuracy"] = {f"{t:g}": s for t, s in scores.items()}
+            log.info("logit adjustment: tau %g chosen on val (balanced accuracy %.4f, %.4f without)",
+                     out["tau"], scores[out["tau"]], scores[0.0])
+        return out
 
     def _end_epoch(self, epoch: int, train_stats: dict[str, float], val: dict[str, Any]) -> None:
         self._check_finite_weights(epoch)  # never checkpoint NaN/Inf weights as "last good"
@@ -414,7 +436,16 @@ class Trainer:
     def _final_evaluation(self) -> DistillResult:
         best = load_checkpoint(self.run_dir.best_checkpoint)
         self.student.load_state_dict(best["student"])
-        metrics = self._evaluate(self.test_set)
+        la = self._logit_adjustment()
+        y_test, z_test = self._logits(self.test_set)
+        metrics = self._metrics(y_test, z_test, la["tau"])
+        if la["tau"]:
+            plain = self._metrics(y_test, z_test, 0.0)
+            la["test_without"] = {k: plain[k] for k in ("balanced_accuracy", "macro_f1", "rare_recall", "group_recall")}
+        metrics["logit_adjust"] = la
+        # the checkpoint carries what its evaluation applied, for exporters to pick up
+        best.pop("format", None)
+        save_checkpoint(self.run_dir.best_checkpoint, best | {"logit_adjust": {"tau": la["tau"], "class_prior": la["class_prior"]}})
         metrics["split"] = "test"
         metrics["best_epoch"] = int(best["epoch"])
         metrics["method"] = self.recipe.distill.method
@@ -439,7 +470,13 @@ RESUMABLE_CHANGES = ("distill.epochs", "runtime.")
 
 
 def _check_same_recipe(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """A resumed run must train what it started training; only the epoch count and runtime may change."""
+    """A resumed run must train what it started training; only the epoch count and runtime may change.
+
+    Keys the saved recipe lacks (added to the schema since) count as their defaults.
+    """
+    from fopro_edge.config import recipe_from_dict
+
+    saved = recipe_from_dict(saved, source=f"{path} (embedded recipe)", check_paths=False).to_dict()
     diffs = [k for k in _flat_diff(saved, current) if not k.startswith(RESUMABLE_CHANGES)]
     if diffs:
         raise ConfigError(
