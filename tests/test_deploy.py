@@ -148,6 +148,14 @@ def test_gate_rare_close_calls_are_listed_but_only_clear_losses_count_in_the_rar
     assert r.passed and r.flips.rare_close_calls == 1 and [x.index for x in r.rare_lost] == [20]
     count_all = evaluate_gate(labels, ref, new, NAMES, RARE, replace(strict, close_call_gap=0.0))
     assert not count_all.passed and count_all.flips.rare_close_calls == 0
+    assert r.flips.close_calls == 1 and r.flips.close_call_images == 1 and r.flips.decisive_rate(40) == 0.0
+    flips_only = P.GateConfig(max_flip_rate=0.0, max_rare_right_to_wrong=5, max_rare_recall_drop=1.0,
+                              max_balanced_accuracy_drop=1.0)
+    assert evaluate_gate(labels, ref, new, NAMES, RARE, flips_only).passed  # a changed close call is not a decisive flip
+    decisive = new.copy()
+    decisive[0, 1] = 9.0  # a head image the student called clearly now goes to 'mid'
+    r = evaluate_gate(labels, ref, decisive, NAMES, RARE, flips_only)
+    assert not r.passed and "1/39 decisive predictions changed" in r.reasons[0] and "1 close call(s) more" in r.reasons[0]
     lose_three = new.copy()
     lose_three[22:24, 0] = 6.0  # close calls still count in the recall limit: 3 of 10 rare-a images is a 0.3 drop
     lose_three[22:24, 2] = 5.5
@@ -294,6 +302,8 @@ def test_trt_qdq_rules_hold_for_the_symmetric_quantizer_and_catch_asymmetric(tin
     pre = ob.preprocess(tiny_float_onnx, tmp_path / "pre.onnx")
     sym = ob.quantize_qdq(pre, tmp_path / "trt.onnx", images, ob.QuantSettings(
         activation_type="s8", symmetric=True, op_types=("Conv", "Gemm", "MatMul")), target="tensorrt")
+    assert any("feeds Relu" in p for p in ob.check_trt_qdq(sym.path))  # ONNX Runtime's output Q/DQ before the ReLU
+    ob.place_for_tensorrt(sym.path)
     assert ob.check_trt_qdq(sym.path) == []
     ob.assert_trt_qdq(sym.path)
     asym = ob.quantize_qdq(pre, tmp_path / "cpu.onnx", images, ob.QuantSettings(activation_type="u8"))

@@ -176,3 +176,27 @@ def test_resume_reads_keys_missing_from_an_older_recipe_as_their_defaults(tmp_pa
     _check_same_recipe(older, current, tmp_path / "last.pt")
     with pytest.raises(ConfigError, match="differs .* at eval.logit_adjust"):
         _check_same_recipe(older, load_recipe(SMOKE, ["eval.logit_adjust=auto"]).to_dict(), tmp_path / "last.pt")
+
+
+def test_a_run_leaves_the_teacher_unchanged_and_takes_its_prior_from_the_train_split(tmp_path):
+    import numpy as np
+
+    from fopro_edge.distill.runtime import setup_runtime, teardown_runtime
+    from fopro_edge.distill.trainer import Trainer
+
+    recipe = load_recipe(SMOKE, ["distill.epochs=1", "distill.akd.every=1"])  # explore, EKD and AKD steps
+    rt = setup_runtime(recipe.runtime, None)
+    try:
+        trainer = Trainer(recipe, prepare_run_dir(tmp_path / "run", recipe.name, resume=False), rt, progress=False)
+        before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+        trainer.run(resume=False)
+    finally:
+        teardown_runtime(rt)
+    after = trainer.teacher.state_dict()
+    assert before.keys() == after.keys() and any("running_mean" in k for k in before)
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    train = np.bincount(trainer.splits.train.labels, minlength=4)
+    val = np.bincount(trainer.splits.val.labels, minlength=4)
+    prior = torch.exp(trainer.objective.bsm.log_prior).numpy()
+    assert prior == pytest.approx(train / train.sum(), rel=1e-5)
+    assert prior != pytest.approx(val / val.sum(), rel=1e-2)

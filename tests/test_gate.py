@@ -113,7 +113,7 @@ def _wrong_to_other_wrong(changed: int):
 def test_flip_rate_above_five_percent_fails():
     r = _gate(*_wrong_to_other_wrong(6), NAMES10, ["c9"])
     assert not r.passed and r.failing_classes == ()
-    assert r.reasons == ("6/100 predictions changed (0.060 > 0.05)",)
+    assert r.reasons == ("6/100 decisive predictions changed (0.060 > 0.05)",)
     assert _gate(*_wrong_to_other_wrong(5), NAMES10, ["c9"]).passed
     assert _gate(*_wrong_to_other_wrong(6), NAMES10, ["c9"], GateConfig(max_flip_rate=None)).passed
 

@@ -160,3 +160,50 @@ def test_logit_adjustment_moves_predictions_toward_rare_classes_as_tau_grows():
     assert tau == pytest.approx(1.0, abs=0.26)  # the prior the logits carry is undone at tau = 1
     assert scores[tau] > scores[0.0] + 0.1
     assert balanced_accuracy(y, adjusted_predictions(logits, prior, tau)) == scores[tau]
+
+
+# ---------------------------------------------------------------------------- EKD
+
+
+def test_ekd_steps_lower_the_alignment_loss_on_a_fixed_batch():
+    _, objective, net, *_ = _parts("ekd")
+    net.train()
+    x, y = _batch()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    align = []
+    for step in range(10):
+        out = objective(net, x, y, step)
+        align.append(float(out.terms["align"].detach()))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert align[-1] < 0.7 * align[0], align
+
+
+@pytest.mark.parametrize("lam", [0.5, 3.0])
+def test_ekd_loss_is_both_heads_plus_lambda_times_alignment(lam):
+    _, objective, net, *_ = _parts("ekd", align_weight=lam)
+    x, y = _batch(8)
+    out = objective(net, x, y, 0)
+    with torch.no_grad():
+        z1, _, z2 = net(x)
+        assert float(out.terms["bsm"]) == pytest.approx(float(objective.bsm(z1, y)), rel=1e-5)
+        assert float(out.terms["bsm_proj"]) == pytest.approx(float(objective.bsm(z2, y)), rel=1e-5)
+        expected = out.terms["bsm"] + out.terms["bsm_proj"] + lam * out.terms["align"]
+        assert float(out.loss) == pytest.approx(float(expected), rel=1e-6)
+    # every part reaches its parameters: the second head through bsm_proj, the projector through both
+    out.loss.backward()
+    assert net.heads.head.weight.grad.abs().sum() > 0 and net.heads.projector[0].weight.grad.abs().sum() > 0
+
+
+def test_the_student_sees_the_clean_image_and_the_teacher_the_prompted_one():
+    _, objective, net, teacher, prompt, _ = _parts("ekd+fpg")
+    with torch.no_grad():
+        prompt.prompt.fill_(0.5)  # a prompt that visibly changes the image
+    seen = {}
+    net.register_forward_pre_hook(lambda m, args: seen.__setitem__("student", args[0]))
+    teacher.register_forward_pre_hook(lambda m, args: seen.__setitem__("teacher", args[0]))
+    x, y = _batch(8)
+    objective(net, x, y, 0)
+    assert torch.equal(seen["student"], x)
+    assert torch.allclose(seen["teacher"], prompt(x)) and not torch.allclose(seen["teacher"], x, atol=1e-3)

@@ -5,10 +5,11 @@ no recall (``None``), is left out of every mean and is listed as unchecked; a ra
 gate unless ``allow_missing_rare``. The verdict is taken on point estimates; paired bootstrap
 intervals and per-class sign tests say how much the check set can resolve.
 
-A *close call* is an image the PyTorch student gets right by less than ``close_call_gap`` of
-softmax probability over its runner-up class. Any INT8 rounding can tip such an image either way,
-so a rare close call that goes right->wrong is listed and counts in every recall, accuracy and
-flip-rate limit, but not in ``max_rare_right_to_wrong``, which limits clear losses.
+A *close call* is an image whose two most probable classes under the PyTorch student are less than
+``close_call_gap`` of softmax probability apart. Any INT8 rounding can tip such an image either
+way, so a close call that changes is listed and counts in every recall and accuracy limit, but not
+in ``max_rare_right_to_wrong`` (clear losses of rare images) nor in ``max_flip_rate`` (the share of
+decisive predictions that changed).
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ class Flips:
     rare_right_to_wrong: int
     rare_wrong_to_right: int
     rare_close_calls: int = 0  # of rare_right_to_wrong: close calls of the PyTorch student
+    close_calls: int = 0  # of total: close calls of the PyTorch student
+    close_call_images: int = 0  # images that are close calls, changed or not
+
+    def decisive_rate(self, images: int) -> float:
+        """Changed predictions among the images that are not close calls."""
+        n = images - self.close_call_images
+        return (self.total - self.close_calls) / n if n > 0 else 0.0
 
     @property
     def rare_clear_right_to_wrong(self) -> int:
@@ -203,10 +211,14 @@ def reference_gaps(labels: np.ndarray, reference_logits: np.ndarray) -> np.ndarr
     return true - p.max(1) if p.shape[1] > 1 else true
 
 
-def close_calls(labels: np.ndarray, reference_logits: np.ndarray, gap: float) -> np.ndarray:
-    """Images the reference gets right by less than ``gap`` (see the module docstring)."""
-    g = reference_gaps(np.asarray(labels, np.int64), reference_logits)
-    return (g > 0) & (g < gap)
+def close_calls(reference_logits: np.ndarray, gap: float) -> np.ndarray:
+    """Images whose two most probable reference classes are less than ``gap`` apart (module docstring)."""
+    z = np.asarray(reference_logits, np.float64)
+    if z.ndim != 2 or z.shape[1] < 2 or gap <= 0:
+        return np.zeros(len(z), bool)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p = np.sort(p / p.sum(1, keepdims=True), axis=1)
+    return p[:, -1] - p[:, -2] < gap
 
 
 def parity(reference_logits: np.ndarray, logits: np.ndarray) -> Parity:
@@ -345,7 +357,7 @@ def evaluate_gate(
     r2w_mask, w2r_mask = ref_ok & ~ok, ~ref_ok & ok
     is_rare = np.isin(labels, list(rare_set)) if rare_set else np.zeros(len(labels), bool)
     gaps = reference_gaps(labels, reference_logits) if len(labels) else np.zeros(0)
-    close = (gaps > 0) & (gaps < thresholds.close_call_gap)
+    close = close_calls(reference_logits, thresholds.close_call_gap)
     lost = np.flatnonzero(r2w_mask & is_rare)
     flips = Flips(
         total=int(changed.sum()),
@@ -356,6 +368,8 @@ def evaluate_gate(
         rare_right_to_wrong=int((r2w_mask & is_rare).sum()),
         rare_wrong_to_right=int((w2r_mask & is_rare).sum()),
         rare_close_calls=int(close[lost].sum()),
+        close_calls=int((changed & close).sum()),
+        close_call_images=int(close.sum()),
     )
     ref_rec, rec = recalls(labels, ref_pred, num_classes), recalls(labels, pred, num_classes)
     support = np.bincount(labels, minlength=num_classes)
@@ -413,9 +427,12 @@ def evaluate_gate(
             + (", ".join(f"'{names[k]}'" for k in dropped) or "no single class")
         )
     if thresholds.max_flip_rate is not None and len(labels):
-        rate = flips.total / len(labels)
+        rate = flips.decisive_rate(len(labels))
         if rate > thresholds.max_flip_rate + 1e-12:
-            reasons.append(f"{flips.total}/{len(labels)} predictions changed ({rate:.3f} > {thresholds.max_flip_rate:g})")
+            reasons.append(
+                f"{flips.total - flips.close_calls}/{len(labels) - flips.close_call_images} decisive predictions changed "
+                f"({rate:.3f} > {thresholds.max_flip_rate:g})"
+                + (f"; {flips.close_calls} close call(s) more" if flips.close_calls else ""))
     par = parity(reference_logits, logits)
     if check_parity and thresholds.max_fp32_logit_diff is not None and par.max_abs_logit_diff > thresholds.max_fp32_logit_diff:
         reasons.append(
@@ -500,7 +517,10 @@ def render_markdown(r: GateReport) -> str:
         f"{r.flips.rare_wrong_to_right} wrong->right"
         + (f"; {r.flips.rare_close_calls} of the right->wrong were close calls" if r.flips.rare_close_calls else "")
         + f"); flip rate {_pct(flip_rate)} %"
-        + (f" ({conf} CI {_points(r.flip_rate_ci)} %)" if r.flip_rate_ci else ""),
+        + (f" ({conf} CI {_points(r.flip_rate_ci)} %)" if r.flip_rate_ci else "")
+        + (f"; {r.flips.close_calls} of the {r.flips.total} changes were close calls ({r.flips.close_call_images} "
+           f"close-call images): decisive flip rate {_pct(r.flips.decisive_rate(r.num_images))} %"
+           if r.flips.close_call_images else ""),
         f"- parity: max |logit diff| {r.parity.max_abs_logit_diff:.3g}, mean {r.parity.mean_abs_logit_diff:.3g}, "
         f"argmax agreement {100 * r.parity.argmax_agreement:.1f} %",
     ]
@@ -539,7 +559,8 @@ def render_markdown(r: GateReport) -> str:
         "",
         "Thresholds: max balanced-accuracy drop {}, max rare right→wrong flips {} (close calls below a {} "
         "probability gap not counted), max rare recall drop {}, "
-        "rare class without images {}, max non-rare recall drop {} (or {} image(s) of the class), max flip rate {}, "
+        "rare class without images {}, max non-rare recall drop {} (or {} image(s) of the class), max flip rate {} (decisive "
+        "images), "
         "fp32 max |logit diff| {}{}. Intervals: paired bootstrap stratified by class, {} resamples; the verdict "
         "uses the point estimates.".format(
             t.get("max_balanced_accuracy_drop"), t.get("max_rare_right_to_wrong"), t.get("close_call_gap", 0.0),

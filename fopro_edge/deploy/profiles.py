@@ -33,12 +33,12 @@ class GateConfig:
     max_balanced_accuracy_drop: float = field(default=0.02, metadata=range_(0.0, 1.0))
     max_rare_right_to_wrong: int = field(default=1, metadata=range_(0))  # summed over all rare classes
     close_call_gap: float = field(default=0.5, metadata=range_(0.0, 1.0))  # PyTorch top-2 probability gap below
-    # which a rare right->wrong image is a close call: listed, not counted in the limit above (0: count all)
+    # which an image is a close call: listed, not counted in the limit above nor the flip rate (0: count all)
     max_rare_recall_drop: float = field(default=0.10, metadata=range_(0.0, 1.0))  # per rare class
     allow_missing_rare: bool = False  # a rare class with no check image fails unless this is true
     max_class_recall_drop: float | None = field(default=0.10, metadata=range_(0.0, 1.0))  # per non-rare class; None: off
     class_flip_allowance: int = field(default=1, metadata=range_(0))  # images a non-rare class may lose regardless
-    max_flip_rate: float | None = field(default=0.05, metadata=range_(0.0, 1.0))  # changed predictions / images
+    max_flip_rate: float | None = field(default=0.05, metadata=range_(0.0, 1.0))  # changed / images, close calls aside
     max_fp32_logit_diff: float | None = field(default=0.01, metadata=range_(0.0))  # fp32 steps run in f32 only
     bootstrap: int = field(default=2000, metadata=range_(0))  # paired stratified resamples for the intervals; 0: off
     confidence: float = field(default=0.95, metadata=range_(0.5, 0.999))  # interval coverage

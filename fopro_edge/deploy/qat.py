@@ -246,11 +246,11 @@ def to_openvino(model: Any, image_size: int) -> Any:
 
 def _score(labels: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray, rare_ids: list[int], num_classes: int,
            close: np.ndarray) -> tuple:
-    """(clear rare right->wrong, rare close calls lost, changed predictions, balanced accuracy)."""
+    """(clear rare right->wrong, rare close calls lost, changed decisive predictions, balanced accuracy)."""
     from fopro_edge.deploy.gate import scores
 
     lost = (ref_pred == labels) & (pred != labels) & np.isin(labels, rare_ids)
-    flips = int((ref_pred != pred).sum())
+    flips = int(((ref_pred != pred) & ~close).sum())
     bacc = scores(labels, pred, num_classes, rare_ids).balanced_accuracy
     return int((lost & ~close).sum()), int((lost & close).sum()), flips, bacc
 
@@ -313,7 +313,7 @@ def qat_distill(
     model = quantized.to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     ref_pred = select_reference.argmax(1)
-    close = close_calls(select_labels, select_reference, close_call_gap)
+    close = close_calls(select_reference, close_call_gap)
     sel = torch.from_numpy(np.ascontiguousarray(select_images, dtype=np.float32))
 
     def evaluate() -> tuple:

@@ -148,12 +148,13 @@ def plan_repairs(
 
 def score_key(o: Outcome) -> tuple:
     """Higher is better: passed, fewer failing classes, fewer rare right->wrong flips (clear ones, then
-    close calls too), fewer changed predictions, higher balanced accuracy."""
+    close calls too), fewer changed predictions (decisive ones, then all), higher balanced accuracy."""
     r = o.report
     if r is None:
-        return (False, -10**9, -10**9, -10**9, -10**9, -1.0)
-    return (r.passed, -len(r.failing_classes), -r.flips.rare_clear_right_to_wrong, -r.flips.rare_right_to_wrong,
-            -r.flips.total, r.candidate.balanced_accuracy)
+        return (False, -10**9, -10**9, -10**9, -10**9, -10**9, -1.0)
+    f = r.flips
+    return (r.passed, -len(r.failing_classes), -f.rare_clear_right_to_wrong, -f.rare_right_to_wrong,
+            -(f.total - f.close_calls), -f.total, r.candidate.balanced_accuracy)
 
 
 def is_done(o: Outcome, until: str) -> bool:
