@@ -228,8 +228,8 @@ def manifest(src: Source, args: argparse.Namespace, order: list[int], chosen: di
             "head_to_tail": [folder_name(label) for label in order],
         },
         "classes": [folder_name(label) for label in range(len(CLASSES))],
-        "counts": {split: {folder_name(k): int(len(v)) for k, v in per.items()} for split, per in chosen.items()},
-        "totals": {split: int(sum(len(v) for v in per.values())) for split, per in chosen.items()},
+        "counts": {split: {folder_name(k): len(v) for k, v in per.items()} for split, per in chosen.items()},
+        "totals": {split: sum(len(v) for v in per.values()) for split, per in chosen.items()},
     }
 
 

@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ RECIPE = REPO / "recipes" / "fmnist_lt.yaml"
 def _generator():
     spec = importlib.util.spec_from_file_location("fmnist_lt", REPO / "benchmarks" / "fmnist_lt.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
