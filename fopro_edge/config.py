@@ -158,7 +158,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How the student's own evaluation reads its logits (exported artifacts do not apply this yet)."""
+    """How the student's logits are read: in the run's evaluation and, baked into the classifier bias, in every export."""
 
     # test-time logit adjustment: argmax(logits - tau * log train prior); 0: off; auto: tau chosen on val
     logit_adjust: float | Literal["auto"] = field(default=0.0, metadata=range_(0.0, 10.0))

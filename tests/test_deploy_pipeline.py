@@ -313,6 +313,30 @@ def test_predict_reads_images_through_the_contract_and_agrees_with_the_student(c
     assert bad.exit_code == 2 and "give --bundle" in bad.output
 
 
+@pytest.mark.onnx
+def test_a_runs_logit_adjustment_is_baked_into_every_artifact(checkpoint, info, tmp_path):
+    import torch
+
+    from fopro_edge.deploy.onnx_backend import read_metadata
+    from fopro_edge.deploy.runners import OrtRunner
+    from fopro_edge.distill.checkpoint import load_checkpoint, load_student, save_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    prior = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
+    state["logit_adjust"] = {"tau": 1.0, "class_prior": prior.tolist()}
+    adjusted = tmp_path / "adjusted.pt"
+    save_checkpoint(adjusted, state)
+    res = _cli("--target", "onnx", "--checkpoint", str(adjusted), "--out", str(tmp_path / "x"), "--threads", "1")
+    assert res.exit_code == 0, res.output  # the gate compares with the adjusted PyTorch logits
+    path = tmp_path / "x" / "onnx" / "model.onnx"
+    assert json.loads(read_metadata(path)["fopro_edge.logit_adjust"])["tau"] == 1.0
+    x = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        plain = load_student(checkpoint)[0](torch.from_numpy(x)).numpy()
+    with OrtRunner(path, precision="fp32") as r:
+        np.testing.assert_allclose(r.infer(x), plain - np.log(prior), atol=1e-4)
+
+
 def contract_of_checkpoint(checkpoint: Path) -> dict:
     from fopro_edge.deploy.contract import preprocessing_contract
     from fopro_edge.distill.checkpoint import load_student

@@ -81,7 +81,11 @@ def build_metadata(info: Any, *, opset: int, dynamic_batch: bool, batch_size: in
     """``metadata_props`` of an exported student (all values are strings; lists as JSON)."""
     size = info.image_size
     batch = "N" if dynamic_batch else str(batch_size)
-    return {
+    la = getattr(info, "logit_adjust", None) or {}
+    adjust = {f"{META_PREFIX}logit_adjust": json.dumps({"tau": float(la["tau"]), "class_prior": list(la["class_prior"]),
+                                                        "applied": "in the classifier bias: logits - tau * log(prior)"})
+              } if la.get("tau") else {}
+    return {**adjust,
         f"{META_PREFIX}format": "fopro-edge-student/1",
         f"{META_PREFIX}model": str(info.model),
         f"{META_PREFIX}class_names": json.dumps(list(info.class_names)),

@@ -229,6 +229,18 @@ def _recipe_export(run_dir: Path | None, embedded: dict[str, Any], checkpoint: P
 # --------------------------------------------------------------------------- the export context
 
 
+def with_logit_adjust(student: Any, info: Any) -> Any:
+    """The student with the run's test-time logit adjustment in its classifier bias (when it has one),
+    so the artifacts and the gate's reference give the logits the run evaluated."""
+    la = info.logit_adjust or {}
+    if not la.get("tau"):
+        return student
+    from fopro_edge.distill.logit_adjust import bake_into
+
+    log.info("logit adjustment tau=%g is baked into the classifier bias of every artifact", la["tau"])
+    return bake_into(student, float(la["tau"]), la["class_prior"])
+
+
 class ExportContext:
     """State shared by the steps of one export: student, profile, check data, reference logits."""
 
@@ -238,7 +250,8 @@ class ExportContext:
         from fopro_edge.distill.checkpoint import load_student
 
         self.target, self.profile, self.out = target, profile, out_dir
-        self.student, self.info = load_student(checkpoint)
+        student, self.info = load_student(checkpoint)
+        self.student = with_logit_adjust(student, self.info)
         self.recipe = recipe = recipe_from_dict(self.info.recipe, source=f"{checkpoint} (embedded recipe)", check_paths=False)
         self.splits = build_splits(recipe.data, recipe.seed)
         if list(self.splits.class_names) != list(self.info.class_names):

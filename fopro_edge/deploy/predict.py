@@ -78,7 +78,10 @@ def predict_images(source: str | Path, images: Sequence[str | Path], *, top_k: i
         from fopro_edge.deploy.runners import TorchRunner
         from fopro_edge.distill.checkpoint import load_student
 
+        from fopro_edge.deploy.pipeline import with_logit_adjust
+
         student, info = load_student(resolve_source(path)[0])
+        student = with_logit_adjust(student, info)
         names = list(info.class_names)
         contract = preprocessing_contract(info.image_size, student.mean.flatten().tolist(), student.std.flatten().tolist())
         runner = TorchRunner(student, threads=threads)

@@ -56,7 +56,7 @@ class StudentInfo:
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     # test-time logit adjustment the run's evaluation applied ({"tau", "class_prior"}; empty: none recorded).
-    # Exported artifacts do not apply it yet.
+    # The export bakes it into the classifier bias of every artifact.
     logit_adjust: dict[str, Any] = field(default_factory=dict)
 
 

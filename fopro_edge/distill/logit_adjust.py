@@ -42,3 +42,23 @@ def choose_tau(
     scores = {float(t): balanced_accuracy(y_true, adjusted_predictions(logits, prior, t)) for t in grid}
     best = max(scores.values())
     return min(t for t, s in scores.items() if s == best), scores
+
+
+def bake_into(student, tau: float, prior: Sequence[float] | np.ndarray):
+    """``student`` (a copy) whose logits already include ``- tau * log(prior)``: the shift added to
+    the classifier's bias, so every exported artifact gives the adjusted logits. ``tau == 0``:
+    the student itself."""
+    if not tau:
+        return student
+    import copy
+
+    import torch
+
+    head = student.backbone.get_classifier()
+    if not isinstance(head, torch.nn.Linear) or head.bias is None:
+        raise ValueError(f"logit adjustment needs a linear classifier with a bias, the student has {type(head).__name__}")
+    adjusted = copy.deepcopy(student)
+    shift = torch.as_tensor(-tau * np.log(np.asarray(prior, dtype=np.float64)), dtype=head.bias.dtype)
+    with torch.no_grad():
+        adjusted.backbone.get_classifier().bias.add_(shift)
+    return adjusted
