@@ -44,11 +44,13 @@ def rows_of(run: Path) -> list[dict]:
                 "select_split": g.split, "select_ref": g.reference.balanced_accuracy, "select_int8": g.candidate.balanced_accuracy,
                 "select_flips": g.flips.total, "select_rare_rw": g.flips.rare_right_to_wrong,
                 "select_rare_close": g.flips.rare_close_calls, "select_rare_text": g.flips.rare_text(),
+                "select_rare_losses": g.flips.rare_losses,
                 "confirm_split": c.split if c else None,
                 "confirm_ref": c.reference.balanced_accuracy if c else None,
                 "confirm_int8": c.candidate.balanced_accuracy if c else None,
                 "confirm_flips": c.flips.total if c else None, "confirm_rare_rw": c.flips.rare_right_to_wrong if c else None,
                 "confirm_rare_close": c.flips.rare_close_calls if c else None,
+                "confirm_rare_losses": c.flips.rare_losses if c else None,
                 "confirm_rare_text": c.flips.rare_text() if c else None,
                 "confirm_lost_gaps": [x.reference_gap for x in c.rare_lost] if c else None,
             })
@@ -89,15 +91,18 @@ def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> 
         "Balanced accuracy %, FP32 student -> kept INT8 artifact; drop in points. Selection: the split every "
         "repair try was scored on; confirmation: the other split, scored once on the kept artifact. Rare r→w: "
         "rare images the FP32 student got right and the artifact gets wrong; close calls (the FP32 student's "
-        "top-2 probability gap under `check.close_call_gap`) in brackets, with their gaps on confirmation.", "",
-        "| recipe | seed | target | status | kept | INT8 ops | selection | rare r→w | flips | confirmation | rare r→w | flips |",
-        "|---|---:|---|---|---|---:|---|---:|---:|---|---:|---:|",
+        "top-2 probability gap under `check.close_call_gap`) in brackets, with their gaps on confirmation. "
+        "Rare lost (gate): what `max_rare_right_to_wrong` limits, clear losses plus close calls lost beyond "
+        "those gained.", "",
+        "| recipe | seed | target | status | kept | INT8 ops | selection | rare r→w | flips | confirmation | rare r→w | rare lost (gate) | flips |",
+        "|---|---:|---|---|---|---:|---|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['recipe']} | {r['seed']} | {r['target']} | {r['status']} | {r['kept']} | {r['int8_ops']}/{r['weighted_ops']} | "
             f"{r['select_split']} {pct(r['select_ref'])} → {pct(r['select_int8'])} | {r['select_rare_text']} | {r['select_flips']} | "
             f"{r['confirm_split'] or '–'} {pct(r['confirm_ref'])} → {pct(r['confirm_int8'])} | {_lost(r)} | "
+            f"{'–' if r.get('confirm_rare_losses') is None else r['confirm_rare_losses']} | "
             f"{'–' if r['confirm_flips'] is None else r['confirm_flips']} |")
     lines += ["", "| recipe | target | passed | selection drop mean / max | confirmation drop mean / max | "
                   "rare r→w on confirmation, all runs (close calls) | least INT8 coverage |", "|---|---|---:|---|---|---:|---:|"]

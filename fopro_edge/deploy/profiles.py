@@ -33,7 +33,7 @@ class GateConfig:
     max_balanced_accuracy_drop: float = field(default=0.02, metadata=range_(0.0, 1.0))
     max_rare_right_to_wrong: int = field(default=1, metadata=range_(0))  # summed over all rare classes
     close_call_gap: float = field(default=0.5, metadata=range_(0.0, 1.0))  # PyTorch top-2 probability gap below
-    # which an image is a close call: listed, not counted in the limit above nor the flip rate (0: count all)
+    # which an image is a close call: judged as a group (see deploy.gate), not one by one (0: count all)
     max_rare_recall_drop: float = field(default=0.10, metadata=range_(0.0, 1.0))  # per rare class
     allow_missing_rare: bool = False  # a rare class with no check image fails unless this is true
     max_class_recall_drop: float | None = field(default=0.10, metadata=range_(0.0, 1.0))  # per non-rare class; None: off

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class QATStep:
     step: int
     loss: float
-    rare_right_to_wrong: int  # clear ones (not close calls of the FP32 student)
+    rare_losses: int  # as the gate counts them (clear losses + close calls lost beyond those gained)
     rare_close_calls: int
     flips: int
     balanced_accuracy: float
@@ -246,13 +246,17 @@ def to_openvino(model: Any, image_size: int) -> Any:
 
 def _score(labels: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray, rare_ids: list[int], num_classes: int,
            close: np.ndarray) -> tuple:
-    """(clear rare right->wrong, rare close calls lost, changed decisive predictions, balanced accuracy)."""
+    """(rare losses as the gate counts them, rare close calls lost, changed decisive predictions,
+    balanced accuracy)."""
     from fopro_edge.deploy.gate import scores
 
-    lost = (ref_pred == labels) & (pred != labels) & np.isin(labels, rare_ids)
+    rare = np.isin(labels, rare_ids)
+    lost = (ref_pred == labels) & (pred != labels) & rare
+    gained = (ref_pred != labels) & (pred == labels) & rare & close
+    clear, close_lost = int((lost & ~close).sum()), int((lost & close).sum())
     flips = int(((ref_pred != pred) & ~close).sum())
     bacc = scores(labels, pred, num_classes, rare_ids).balanced_accuracy
-    return int((lost & ~close).sum()), int((lost & close).sum()), flips, bacc
+    return clear + max(0, close_lost - int(gained.sum())), close_lost, flips, bacc
 
 
 def qat_kd_loss(s_logits: Any, t_logits: Any, labels: Any, bsm: Any, *, temperature: float, bsm_weight: float) -> Any:
@@ -349,7 +353,8 @@ def qat_distill(
             s = evaluate()
             history.append(QATStep(step, running / config.eval_every, *s))
             running = 0.0
-            log.info("QAT step %d/%d: loss %.4f, selection: rare r->w %d (+%d close calls), flips %d, bal. acc %.4f",
+            log.info("QAT step %d/%d: loss %.4f, selection: rare losses %d (close calls lost %d), decisive flips %d, "
+                     "bal. acc %.4f",
                      step, config.steps, history[-1].loss, *s)
             if key(s) > key(best_score):
                 best_score, best_state, best_step, stale = s, copy.deepcopy(model.state_dict()), step, 0

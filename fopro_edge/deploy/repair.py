@@ -147,21 +147,20 @@ def plan_repairs(
 
 
 def score_key(o: Outcome) -> tuple:
-    """Higher is better: passed, fewer failing classes, fewer rare right->wrong flips (clear ones, then
-    close calls too), fewer changed predictions (decisive ones, then all), higher balanced accuracy."""
+    """Higher is better: passed, fewer failing classes, fewer rare losses (``Flips.rare_losses``, then
+    every rare right->wrong), fewer changed predictions (decisive ones, then all), higher balanced accuracy."""
     r = o.report
     if r is None:
         return (False, -10**9, -10**9, -10**9, -10**9, -10**9, -1.0)
     f = r.flips
-    return (r.passed, -len(r.failing_classes), -f.rare_clear_right_to_wrong, -f.rare_right_to_wrong,
+    return (r.passed, -len(r.failing_classes), -f.rare_losses, -f.rare_right_to_wrong,
             -(f.total - f.close_calls), -f.total, r.candidate.balanced_accuracy)
 
 
 def is_done(o: Outcome, until: str) -> bool:
-    """``passed``: the gate passed; ``clean``: it passed and no rare image that the PyTorch student got
-    clearly right (not a close call) flipped right->wrong."""
+    """``passed``: the gate passed; ``clean``: it passed and lost no rare image (see ``Flips.rare_losses``)."""
     r = o.report
-    return r is not None and r.passed and (until == "passed" or r.flips.rare_clear_right_to_wrong == 0)
+    return r is not None and r.passed and (until == "passed" or r.flips.rare_losses == 0)
 
 
 def _attempt(number: int, label: str, o: Outcome, seconds: float) -> Attempt:
