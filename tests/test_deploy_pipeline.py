@@ -423,7 +423,8 @@ def test_repair_is_a_bounded_reported_sequence(checkpoint, tmp_path):
     assert "## Repair" in (tmp_path / "int8" / "check.md").read_text()
     row = r"\| 2 \| 2 most sensitive layer\(s\) kept in float \| minmax \| 2 \| 85 \| FAILED \|"
     assert re.search(row, (tmp_path / "report.md").read_text())
-    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["FAILED", "check.json", "check.md", "model.onnx"]
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == ["FAILED", "check.json", "check.md", "model.onnx",
+                                                                  "verify-bundle"]
     with pytest.raises(GateFailedError) as e:
         r.raise_for_gate()
     assert e.value.exit_code == 5
