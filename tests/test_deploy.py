@@ -145,7 +145,7 @@ def test_gate_close_calls_are_listed_and_only_a_one_way_drift_of_them_counts():
     assert lost[20].close_call and not lost[21].close_call and lost[20].predicted == "head"
     assert lost[20].reference_gap == pytest.approx(0.1, abs=0.01) and lost[21].reference_gap > 0.5
     md = r.to_markdown()
-    assert "| 20 | rare-a | head |" in md and "no: close call" in md and "2 (1 close call)" == f.rare_text()
+    assert "| 20 | rare-a | head |" in md and "| close call |" in md and "| clear loss |" in md and "2 (1 close call)" == f.rare_text()
 
     new[21, 0] = 0.0  # only the close call is lost: a one-way drift still counts ...
     assert evaluate_gate(labels, ref, new, NAMES, RARE, strict).flips.rare_losses == 1

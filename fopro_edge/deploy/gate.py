@@ -548,11 +548,12 @@ def render_markdown(r: GateReport) -> str:
     if r.rare_lost:
         gap = r.thresholds.get("close_call_gap", 0.0)
         lines += ["", "## Rare images that went right→wrong", "",
-                  f"PyTorch gap: its probability of the label minus its runner-up's; below {gap:g} the image is a close "
-                  "call (any rounding can tip it) and does not count in the rare right→wrong limit.", "",
-                  "| image | class | artifact predicts | PyTorch gap | counted |", "|---:|---|---|---:|---|"]
+                  f"PyTorch gap: its probability of the label minus its runner-up's. Below {gap:g} the image is a close "
+                  "call (any rounding can tip it): close calls count in the rare-loss limit only as far as more are "
+                  "lost than gained.", "",
+                  "| image | class | artifact predicts | PyTorch gap | kind |", "|---:|---|---|---:|---|"]
         lines += [f"| {x.index} | {x.label} | {x.predicted} | {x.reference_gap:.3f} | "
-                  f"{'no: close call' if x.close_call else 'yes'} |" for x in r.rare_lost]
+                  f"{'close call' if x.close_call else 'clear loss'} |" for x in r.rare_lost]
     lines += [
         "",
         "## Per class",
@@ -571,8 +572,8 @@ def render_markdown(r: GateReport) -> str:
     t = r.thresholds
     lines += [
         "",
-        "Thresholds: max balanced-accuracy drop {}, max rare right→wrong flips {} (close calls below a {} "
-        "probability gap not counted), max rare recall drop {}, "
+        "Thresholds: max balanced-accuracy drop {}, max rare images lost {} (clear right→wrong losses plus close "
+        "calls, top-2 gap under {}, lost beyond those gained), max rare recall drop {} (decisive images), "
         "rare class without images {}, max non-rare recall drop {} (or {} image(s) of the class), max flip rate {} (decisive "
         "images), "
         "fp32 max |logit diff| {}{}. Intervals: paired bootstrap stratified by class, {} resamples; the verdict "
