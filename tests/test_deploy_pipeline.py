@@ -508,6 +508,10 @@ def test_openvino_int8_records_subset_size_precision_and_shares_calibration(chec
     assert nncf_q["subset_size"] == "85" == str(step.extra["calibration"]["count"])
     assert read_rt_info(step.artifact.path)["class_names"] == json.dumps(info.class_names)
     assert len(step.repair.attempts) <= 2 if step.repair else step.status == "PASSED"
+    from fopro_edge.deploy.bundle import verify
+
+    v = verify(step.artifact.path, step.artifact.path.parent / "verify-bundle", threads=1)
+    assert v.same_file and v.reproduced == {"selection": [], "confirmation": []}  # the .xml and its .bin hashed
     ort = export(checkpoint, "onnxruntime", "int8", out_dir=tmp_path / "ort",
                  overrides={"threads": 1, "quantization": {"activation_type": "u8"}, "repair": {"enabled": False}})
     same = [json.loads((tmp_path / d / "calibration.json").read_text())["indices"] for d in ("ov", "ort")]

@@ -55,6 +55,7 @@ def write_bundle(
     artifact: Path,
     artifact_sha256: str,
     precision: str,
+    artifact_files: Sequence[Path] = (),
     class_names: Sequence[str],
     rare_classes: Sequence[str],
     thresholds: GateConfig,
@@ -81,7 +82,8 @@ def write_bundle(
         "format": FORMAT,
         "step": step,
         "target": target,
-        "artifact": {"file": os.path.relpath(artifact, d), "sha256": artifact_sha256, "precision": precision},
+        "artifact": {"file": os.path.relpath(artifact, d), "sha256": artifact_sha256, "precision": precision,
+                     "suffixes": [Path(f).suffix for f in artifact_files] or [artifact.suffix]},
         "class_names": list(class_names),
         "rare_classes": list(rare_classes),
         "thresholds": asdict(thresholds),
@@ -216,6 +218,12 @@ def _differences(expected: Mapping[str, Any] | None, r: GateReport) -> list[str]
     return out
 
 
+def artifact_digest(path: Path, suffixes: Sequence[str]) -> str:
+    """sha256 over the artifact's files as the export hashed them (an IR: the .xml, then its .bin)."""
+    files = [path.with_suffix(s) for s in suffixes]
+    return sha256_files(files) if all(f.is_file() for f in files) else sha256_files([path])
+
+
 def verify(artifact: str | Path, bundle: str | Path, *, threads: int | None = None,
            inference_precision: str | None = None) -> VerifyResult:
     """Run ``artifact`` on the bundle's images and apply the bundle's gate to each split."""
@@ -232,7 +240,7 @@ def verify(artifact: str | Path, bundle: str | Path, *, threads: int | None = No
         raise ConfigError(f"ARTIFACT: {path}: unknown artifact type '{path.suffix}' "
                           f"(expected one of: {', '.join(backends.artifact_suffixes())})")
     options = {"inference_precision": inference_precision or m["runtime_options"].get("inference_precision", "f32")}
-    digest = sha256_files([path])
+    digest = artifact_digest(path, m["artifact"].get("suffixes") or [path.suffix])
     thresholds = b.thresholds
     reports: dict[str, GateReport] = {}
     reproduced: dict[str, list[str]] = {}

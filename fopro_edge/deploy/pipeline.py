@@ -397,7 +397,8 @@ class ExportContext:
         s = self.student
         written = write_bundle(
             d, step=step.name, target=self.target, artifact=step.artifact.path, artifact_sha256=step.artifact.sha256,
-            precision=step.artifact.precision, class_names=self.class_names, rare_classes=self.rare,
+            precision=step.artifact.precision, artifact_files=step.artifact.files, class_names=self.class_names,
+            rare_classes=self.rare,
             thresholds=self.profile.check,
             preprocessing=preprocessing_contract(self.info.image_size, s.mean.flatten().tolist(), s.std.flatten().tolist()),
             selection=selection, confirmation=confirmation,
