@@ -208,12 +208,17 @@ def rare_class_score(labels: np.ndarray, preds: np.ndarray, num_classes: int, ra
     return s.rare_recall if s.rare_recall is not None else s.balanced_accuracy
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
 def reference_gaps(labels: np.ndarray, reference_logits: np.ndarray) -> np.ndarray:
     """Per image: the reference's softmax probability of the label minus that of its strongest other
     class (negative where the reference is wrong)."""
-    z = np.asarray(reference_logits, np.float64)
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    p = softmax(reference_logits)
     rows = np.arange(len(p))
     true = p[rows, labels]
     p[rows, labels] = -np.inf
@@ -225,8 +230,7 @@ def close_calls(reference_logits: np.ndarray, gap: float) -> np.ndarray:
     z = np.asarray(reference_logits, np.float64)
     if z.ndim != 2 or z.shape[1] < 2 or gap <= 0:
         return np.zeros(len(z), bool)
-    p = np.exp(z - z.max(1, keepdims=True))
-    p = np.sort(p / p.sum(1, keepdims=True), axis=1)
+    p = np.sort(softmax(z), axis=1)
     return p[:, -1] - p[:, -2] < gap
 
 

@@ -23,11 +23,6 @@ class Prediction:
         return {"image": self.image, "top": [{"class": c, "probability": p} for c, p in self.top]}
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _artifact_facts(path: Path, bundle: Path | None) -> tuple[list[str], dict[str, Any]]:
     """Class names and preprocessing contract: from the bundle if given, else from the artifact."""
     from fopro_edge.deploy.contract import contract_of
@@ -93,7 +88,9 @@ def predict_images(source: str | Path, images: Sequence[str | Path], *, top_k: i
         logits = predict(runner, [x[i:i + batch_size] for i in range(0, len(x), batch_size)], batch_size)
     if logits.shape[1:] != (len(names),):
         raise ConfigError(f"{path}: gives {logits.shape[1:]} outputs, its class list has {len(names)} names")
-    probs = _softmax(logits.astype(np.float64))
+    from fopro_edge.deploy.gate import softmax
+
+    probs = softmax(logits)
     k = min(top_k, len(names))
     out = []
     for img, p in zip(images, probs, strict=True):
