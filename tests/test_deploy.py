@@ -126,8 +126,9 @@ def test_gate_class_without_images_is_unchecked_and_a_missing_rare_class_fails()
     assert not strict.passed and strict.failing_classes == ("rare-b",) and "holds no image" in strict.reasons[0]
 
 
-def test_gate_close_calls_are_listed_and_only_a_one_way_drift_of_them_counts():
+def test_gate_close_calls_are_listed_and_count_only_when_rare_margins_erode():
     labels = np.repeat(np.arange(4), 10)
+    rare = labels >= 2
     ref = _logits(labels)
     ref[20, 0] = 4.8  # rare-a image 20: right by a softmax gap of about 0.1 (a close call)
     ref[21, 0] = 2.0  # rare-a image 21: right by a gap of about 0.89 (clear)
@@ -138,18 +139,34 @@ def test_gate_close_calls_are_listed_and_only_a_one_way_drift_of_them_counts():
                           max_flip_rate=0.1)
     r = evaluate_gate(labels, ref, new, NAMES, RARE, strict)
     f = r.flips
-    assert (f.rare_right_to_wrong, f.rare_close_calls, f.rare_clear_right_to_wrong, f.rare_losses) == (2, 1, 1, 2)
+    # 18 of the 20 rare images keep their margin: no erosion, so only the clear loss counts
+    assert r.rare_margin_shift.images == 20 and r.rare_margin_shift.interval.high == 0.0 and not f.rare_eroded
+    assert (f.rare_right_to_wrong, f.rare_close_calls, f.rare_clear_right_to_wrong, f.rare_losses) == (2, 1, 1, 1)
     assert not r.passed and r.failing_classes == ("rare-a",)
-    assert "2 rare-class image(s) lost" in r.reasons[0] and "1 close call(s) lost against 0 gained" in r.reasons[0]
+    assert "1 rare-class image(s) lost" in r.reasons[0] and "1 close call(s) lost against 0 gained (not counted: mean margin shift" in r.reasons[0]
     lost = {x.index: x for x in r.rare_lost}
     assert lost[20].close_call and not lost[21].close_call and lost[20].predicted == "head"
     assert lost[20].reference_gap == pytest.approx(0.1, abs=0.01) and lost[21].reference_gap > 0.5
     md = r.to_markdown()
     assert "| 20 | rare-a | head |" in md and "| close call |" in md and "| clear loss |" in md and "2 (1 close call)" == f.rare_text()
+    assert "no systematic erosion" in md
 
-    new[21, 0] = 0.0  # only the close call is lost: a one-way drift still counts ...
-    assert evaluate_gate(labels, ref, new, NAMES, RARE, strict).flips.rare_losses == 1
-    new[30, 3] = 9.0  # ... until a rare close call tips the other way: toss-ups that cancel are noise
+    eroded = new.copy()
+    eroded[rare, labels[rare]] -= 0.5  # every rare image loses half a logit of margin: a one-way drift
+    r = evaluate_gate(labels, ref, eroded, NAMES, RARE, strict)
+    assert r.rare_margin_shift.interval.high < 0 and r.flips.rare_losses == 2
+    assert "gained (counted: mean margin shift" in r.reasons[0] and "eroded (rare close calls" in r.to_markdown()
+    assert evaluate_gate(labels, ref, eroded, NAMES, RARE, replace(strict, bootstrap=0)).flips.rare_losses == 2
+
+    new[21, 0] = 0.0  # only the close call is lost and nothing else moved: rounding noise
+    r = evaluate_gate(labels, ref, new, NAMES, RARE, strict)
+    assert r.passed and r.flips.rare_losses == 0 and r.flips.rare_right_to_wrong == 1
+    eroded = new.copy()
+    eroded[rare, labels[rare]] -= 0.5
+    assert evaluate_gate(labels, ref, eroded, NAMES, RARE, strict).flips.rare_losses == 1  # with erosion it counts ...
+    eroded[30, 3] = 9.0  # ... until a rare close call tips the other way
+    assert evaluate_gate(labels, ref, eroded, NAMES, RARE, strict).flips.rare_losses == 0
+    new[30, 3] = 9.0
     r = evaluate_gate(labels, ref, new, NAMES, RARE, strict)
     assert r.passed and r.flips.rare_close_calls_gained == 1 and r.flips.rare_losses == 0
     assert [x.index for x in r.rare_lost] == [20]

@@ -9,9 +9,11 @@ A *close call* is an image whose two most probable classes under the PyTorch stu
 ``close_call_gap`` of softmax probability apart. Any INT8 rounding can tip such an image either
 way, so close calls that change are listed and judged as a group: the balanced-accuracy limit
 counts every image; the per-class recall limits count the decisive images (not close calls); the
-rare-loss limit (``max_rare_right_to_wrong``) counts clear rare right->wrong images plus the rare
-close calls lost beyond those gained (toss-ups that cancel are noise, a one-way drift is not); the
-flip-rate limit counts decisive predictions.
+flip-rate limit counts decisive predictions. The rare-loss limit (``max_rare_right_to_wrong``)
+counts every clear rare right->wrong image, and the rare close calls lost beyond those gained when
+the artifact erodes the rare classes: when the paired interval of the rare images' margin shift
+(true-class logit minus the strongest other, artifact minus PyTorch) lies wholly below zero. Without
+such a shift a lost toss-up is rounding noise, which also tips other close calls the other way.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Flips:
     rare_wrong_to_right: int
     rare_close_calls: int = 0  # of rare_right_to_wrong: close calls of the PyTorch student
     rare_close_calls_gained: int = 0  # of rare_wrong_to_right: close calls of the PyTorch student
+    rare_eroded: bool = True  # the rare margins shifted down (MarginShift.eroded); unknown counts as eroded
     close_calls: int = 0  # of total: close calls of the PyTorch student
     close_call_images: int = 0  # images that are close calls, changed or not
 
@@ -97,14 +100,30 @@ class Flips:
 
     @property
     def rare_losses(self) -> int:
-        """What ``max_rare_right_to_wrong`` limits: clear rare losses plus rare close calls lost beyond
-        those gained."""
-        return self.rare_clear_right_to_wrong + max(0, self.rare_close_calls - self.rare_close_calls_gained)
+        """What ``max_rare_right_to_wrong`` limits: clear rare losses, plus rare close calls lost beyond
+        those gained where the rare margins eroded (module docstring)."""
+        drift = max(0, self.rare_close_calls - self.rare_close_calls_gained) if self.rare_eroded else 0
+        return self.rare_clear_right_to_wrong + drift
 
     def rare_text(self) -> str:
         """Rare right->wrong flips for a table cell, e.g. ``2`` or ``3 (2 close calls)``."""
         n, c = self.rare_right_to_wrong, self.rare_close_calls
         return f"{n} ({c} close call{'s' if c > 1 else ''})" if c else str(n)
+
+
+@dataclass(frozen=True)
+class MarginShift:
+    """Mean change of the rare images' true-class margin (logits, artifact minus PyTorch), with its
+    paired bootstrap interval; ``None`` interval when the bootstrap is off."""
+
+    images: int
+    mean: float
+    interval: Interval | None
+
+    @property
+    def eroded(self) -> bool:
+        """The whole interval lies below zero (or there is no interval to say otherwise)."""
+        return self.interval is None or self.interval.high < 0.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,7 @@ class GateReport:
     flip_rate_ci: Interval | None = None
     notes: tuple[str, ...] = ()  # what the check set is too small to resolve; never changes the verdict
     rare_lost: tuple[LostImage, ...] = ()  # every rare right->wrong image
+    rare_margin_shift: MarginShift | None = None  # None: no rare image in the split
 
     @property
     def status(self) -> str:
@@ -218,11 +238,43 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def reference_gaps(labels: np.ndarray, reference_logits: np.ndarray) -> np.ndarray:
     """Per image: the reference's softmax probability of the label minus that of its strongest other
     class (negative where the reference is wrong)."""
-    p = softmax(reference_logits)
-    rows = np.arange(len(p))
-    true = p[rows, labels]
-    p[rows, labels] = -np.inf
-    return true - p.max(1) if p.shape[1] > 1 else true
+    return true_class_margins(labels, softmax(reference_logits))
+
+
+def true_class_margins(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Per image: the logit of the label minus the largest other logit (negative where wrong)."""
+    z = np.array(logits, np.float64)
+    rows = np.arange(len(z))
+    true = z[rows, labels].copy()
+    z[rows, labels] = -np.inf
+    return true - z.max(1) if z.shape[1] > 1 else true
+
+
+def margin_shift(
+    labels: np.ndarray,
+    reference_logits: np.ndarray,
+    logits: np.ndarray,
+    mask: np.ndarray,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = BOOTSTRAP_SEED,
+) -> MarginShift | None:
+    """The mean true-class margin change over the images in ``mask``, with a percentile bootstrap
+    interval of the mean (the same images for both models); ``None`` when ``mask`` selects none."""
+    idx = np.flatnonzero(mask)
+    if not len(idx):
+        return None
+    y = labels[idx]
+    delta = true_class_margins(y, logits[idx]) - true_class_margins(y, reference_logits[idx])
+    interval = None
+    if resamples > 0:
+        rng = np.random.default_rng(seed)
+        means = delta[rng.integers(0, len(delta), size=(resamples, len(delta)))].mean(axis=1)
+        tail = 50.0 * (1.0 - confidence)
+        lo, hi = np.percentile(means, [tail, 100.0 - tail])
+        interval = Interval(float(lo), float(hi))
+    return MarginShift(images=len(idx), mean=float(delta.mean()), interval=interval)
 
 
 def close_calls(reference_logits: np.ndarray, gap: float) -> np.ndarray:
@@ -372,6 +424,8 @@ def evaluate_gate(
     gaps = reference_gaps(labels, reference_logits) if len(labels) else np.zeros(0)
     close = close_calls(reference_logits, thresholds.close_call_gap)
     lost = np.flatnonzero(r2w_mask & is_rare)
+    shift = margin_shift(labels, reference_logits, logits, is_rare, resamples=thresholds.bootstrap,
+                         confidence=thresholds.confidence)
     flips = Flips(
         total=int(changed.sum()),
         right_to_wrong=int(r2w_mask.sum()),
@@ -382,6 +436,7 @@ def evaluate_gate(
         rare_wrong_to_right=int((w2r_mask & is_rare).sum()),
         rare_close_calls=int(close[lost].sum()),
         rare_close_calls_gained=int((w2r_mask & is_rare & close).sum()),
+        rare_eroded=shift is None or shift.eroded,
         close_calls=int((changed & close).sum()),
         close_call_images=int(close.sum()),
     )
@@ -421,7 +476,10 @@ def evaluate_gate(
         reasons.append(
             f"{flips.rare_losses} rare-class image(s) lost (> {thresholds.max_rare_right_to_wrong}): "
             f"{flips.rare_clear_right_to_wrong} the PyTorch student got clearly right went right -> wrong, and "
-            f"{flips.rare_close_calls} close call(s) lost against {flips.rare_close_calls_gained} gained; "
+            f"{flips.rare_close_calls} close call(s) lost against {flips.rare_close_calls_gained} gained"
+            + (f" ({'counted' if flips.rare_eroded else 'not counted'}: {_shift_text(shift)})"
+               if flips.rare_close_calls and shift else "")
+            + "; "
             + ", ".join(f"'{names[k]}' {int(r2w[k])} right -> wrong" for k in hit)
         )
     if thresholds.max_class_recall_drop is not None:
@@ -500,6 +558,7 @@ def evaluate_gate(
         notes=resolution_notes(cis, support, names, rare_ids, thresholds) if cis else (),
         rare_lost=tuple(LostImage(int(i), names[labels[i]], names[pred[i]], round(float(gaps[i]), 4), bool(close[i]))
                         for i in lost),
+        rare_margin_shift=shift,
     )
 
 
@@ -513,6 +572,11 @@ def _ci(iv: Interval | None, sign: float = 1.0) -> str:
 
 def _p(p: float | None) -> str:
     return "n/a" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
+
+
+def _shift_text(s: MarginShift) -> str:
+    ci = "no interval" if s.interval is None else f"CI [{s.interval.low:+.2f}, {s.interval.high:+.2f}]"
+    return f"mean margin shift {s.mean:+.2f} logits, {ci}, {s.images} images"
 
 
 def render_markdown(r: GateReport) -> str:
@@ -539,6 +603,10 @@ def render_markdown(r: GateReport) -> str:
         + (f"; {r.flips.close_calls} of the {r.flips.total} changes were close calls ({r.flips.close_call_images} "
            f"close-call images): decisive flip rate {_pct(r.flips.decisive_rate(r.num_images))} %"
            if r.flips.close_call_images else ""),
+        *([f"- rare-class margin shift (artifact minus PyTorch, true-class logit minus the strongest other): "
+           f"{_shift_text(r.rare_margin_shift)}: "
+           + ("eroded (rare close calls lost beyond those gained count as losses)" if r.rare_margin_shift.eroded
+              else "no systematic erosion (a lost rare close call is rounding noise)")] if r.rare_margin_shift else []),
         f"- parity: max |logit diff| {r.parity.max_abs_logit_diff:.3g}, mean {r.parity.mean_abs_logit_diff:.3g}, "
         f"argmax agreement {100 * r.parity.argmax_agreement:.1f} %",
     ]
@@ -554,7 +622,7 @@ def render_markdown(r: GateReport) -> str:
         lines += ["", "## Rare images that went right→wrong", "",
                   f"PyTorch gap: its probability of the label minus its runner-up's. Below {gap:g} the image is a close "
                   "call (any rounding can tip it): close calls count in the rare-loss limit only as far as more are "
-                  "lost than gained.", "",
+                  "lost than gained, and only when the rare margins eroded (see the margin shift above).", "",
                   "| image | class | artifact predicts | PyTorch gap | kind |", "|---:|---|---|---:|---|"]
         lines += [f"| {x.index} | {x.label} | {x.predicted} | {x.reference_gap:.3f} | "
                   f"{'close call' if x.close_call else 'clear loss'} |" for x in r.rare_lost]
@@ -577,7 +645,7 @@ def render_markdown(r: GateReport) -> str:
     lines += [
         "",
         "Thresholds: max balanced-accuracy drop {}, max rare images lost {} (clear right→wrong losses plus close "
-        "calls, top-2 gap under {}, lost beyond those gained), max rare recall drop {} (decisive images), "
+        "calls, top-2 gap under {}, lost beyond those gained where the rare margin shift's interval is below zero), max rare recall drop {} (decisive images), "
         "rare class without images {}, max non-rare recall drop {} (or {} image(s) of the class), max flip rate {} (decisive "
         "images), "
         "fp32 max |logit diff| {}{}. Intervals: paired bootstrap stratified by class, {} resamples; the verdict "
