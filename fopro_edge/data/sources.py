@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fopro_edge.config import DemoConfig
+from fopro_edge.data.csvtable import read_csv_table, require_values
 from fopro_edge.data.images import IMAGE_EXTENSIONS, ImageList
 from fopro_edge.data.longtail import longtail_counts
 from fopro_edge.data.synthetic import make_synthetic_csv_split, make_synthetic_tree
@@ -234,43 +234,15 @@ def read_csv_split(
 
 def _read_rows(csv_path: Path, image_column: str, label_column: str) -> tuple[list[str], list[tuple[str, str, str]]]:
     """(header, rows of (image id, label, finding_name or ""))."""
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next((r for r in reader if any(c.strip() for c in r)), None)
-            if header is None:
-                raise DataError(
-                    f"{csv_path}: the CSV file is empty (expected a header row, e.g. image,finding_name,finding)"
-                )
-            header = [h.strip() for h in header]
-            for col, key in ((image_column, "data.image_column"), (label_column, "data.label_column")):
-                if col not in header:
-                    raise DataError(
-                        f"{csv_path}: column '{col}' not found (columns present: {', '.join(header)}); fix {key}"
-                    )
-            ii, li = header.index(image_column), header.index(label_column)
-            ni = header.index("finding_name") if "finding_name" in header else None
-            rows = []
-            for r in reader:
-                if not any(c.strip() for c in r):
-                    continue
-                if len(r) != len(header):
-                    raise DataError(
-                        f"{csv_path}: line {reader.line_num} has {len(r)} fields, the header has {len(header)}"
-                    )
-                image, label = r[ii].strip(), r[li].strip()
-                if not image or not label:
-                    raise DataError(
-                        f"{csv_path}: line {reader.line_num}: empty '{image_column}' or '{label_column}' value"
-                    )
-                rows.append((image, label, r[ni].strip() if ni is not None else ""))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{csv_path}: not a UTF-8 text CSV ({e.reason}); save it as UTF-8") from None
-    except csv.Error as e:
-        raise DataError(f"{csv_path}: malformed CSV ({e})") from None
-    if not rows:
-        raise DataError(f"{csv_path}: the CSV file has a header but no rows")
-    return header, rows
+    header, rows = read_csv_table(csv_path, "CSV file", "image,finding_name,finding")
+    for col, key in ((image_column, "data.image_column"), (label_column, "data.label_column")):
+        if col not in header:
+            raise DataError(f"{csv_path}: column '{col}' not found (columns present: {', '.join(header)}); fix {key}")
+    ii, li = header.index(image_column), header.index(label_column)
+    ni = header.index("finding_name") if "finding_name" in header else None
+    for line, r in rows:
+        require_values(csv_path, line, r, header, (ii, li))
+    return header, [(r[ii], r[li], r[ni] if ni is not None else "") for _, r in rows]
 
 
 def _as_ints(values: list[str]) -> list[int] | None:

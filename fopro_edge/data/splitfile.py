@@ -9,13 +9,13 @@ numbers. The class always comes from the image's folder; other columns are ignor
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fopro_edge.data.csvtable import read_csv_table, require_values
 from fopro_edge.data.images import ImageList
 from fopro_edge.errors import DataError
 
@@ -60,34 +60,13 @@ def read_split_file(path: str | Path, images: ImageList, root: str | Path) -> Sp
 
 def _read_rows(path: Path) -> list[tuple[int, str, str]]:
     """(line number, path value, split value) per non-empty row."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            head = f.readline()
-            delimiter = max(",;\t", key=head.count)
-            f.seek(0)
-            reader = csv.reader(f, delimiter=delimiter)
-            header = [h.strip().lower() for h in next(reader, [])]
-            if not any(header):
-                raise DataError(f"{path}: the split file is empty (expected a header row: path,split)")
-            pi = _column(path, header, PATH_COLUMNS)
-            si = _column(path, header, SPLIT_COLUMNS)
-            rows = []
-            for r in reader:
-                if not any(c.strip() for c in r):
-                    continue
-                if len(r) != len(header):
-                    raise DataError(f"{path}: line {reader.line_num} has {len(r)} fields, the header has {len(header)}")
-                name, value = r[pi].strip(), r[si].strip()
-                if not name or not value:
-                    raise DataError(f"{path}: line {reader.line_num}: empty '{header[pi]}' or '{header[si]}' value")
-                rows.append((reader.line_num, name, value))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a UTF-8 text CSV ({e.reason}); save it as UTF-8") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
-    if not rows:
-        raise DataError(f"{path}: the split file has a header but no rows")
-    return rows
+    header, rows = read_csv_table(path, "split file", "path,split")
+    header = [h.lower() for h in header]
+    pi = _column(path, header, PATH_COLUMNS)
+    si = _column(path, header, SPLIT_COLUMNS)
+    for line, r in rows:
+        require_values(path, line, r, header, (pi, si))
+    return [(line, r[pi], r[si]) for line, r in rows]
 
 
 def _column(path: Path, header: list[str], names: tuple[str, ...]) -> int:

@@ -1,8 +1,9 @@
 """Test-time logit adjustment (Menon et al., 2021): predict argmax(z - tau * log prior).
 
 The prior is the train split's class frequencies; ``tau`` is fixed in the recipe or chosen on the
-validation split's balanced accuracy from :data:`TAU_GRID`. Only the student's own evaluation
-applies it: exported artifacts return the plain logits.
+validation split's balanced accuracy from :data:`TAU_GRID`. The student's evaluation applies it,
+and :func:`bake_into` adds it to the classifier's bias so every exported artifact returns the
+adjusted logits.
 """
 
 from __future__ import annotations
@@ -29,17 +30,13 @@ def adjusted_predictions(logits: np.ndarray, prior: np.ndarray, tau: float) -> n
     return z.argmax(axis=1)
 
 
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y_true``."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
-
-
 def choose_tau(
     y_true: np.ndarray, logits: np.ndarray, prior: np.ndarray, grid: Sequence[float] = TAU_GRID
 ) -> tuple[float, dict[float, float]]:
     """The grid's tau with the best balanced accuracy (the smallest one on a tie) and every tau's score."""
-    scores = {float(t): balanced_accuracy(y_true, adjusted_predictions(logits, prior, t)) for t in grid}
+    from sklearn.metrics import balanced_accuracy_score
+
+    scores = {float(t): float(balanced_accuracy_score(y_true, adjusted_predictions(logits, prior, t))) for t in grid}
     best = max(scores.values())
     return min(t for t, s in scores.items() if s == best), scores
 
