@@ -55,6 +55,16 @@ class RunDir:
         return self.path / "metrics"
 
     @property
+    def metrics_json(self) -> Path:
+        """The test evaluation; its presence marks a finished run."""
+        return self.metrics_dir / "metrics.json"
+
+    @property
+    def test_predictions(self) -> Path:
+        """Per-image test labels, logits and predictions (:mod:`fopro_edge.distill.predictions`)."""
+        return self.metrics_dir / "test_predictions.npz"
+
+    @property
     def timm_student(self) -> Path:
         """The best student as a timm model folder (``timm.create_model("local-dir:...")``)."""
         return self.path / "student"

@@ -33,6 +33,7 @@ from fopro_edge.distill.logit_adjust import adjusted_predictions, choose_tau, tr
 from fopro_edge.distill.losses import SAMPLER_PRIORS, sampler_prior
 from fopro_edge.distill.method import DistillNet, Objective
 from fopro_edge.distill.metrics import classification_metrics
+from fopro_edge.distill.predictions import save_predictions
 from fopro_edge.distill.report import write_metrics_report
 from fopro_edge.distill.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
 from fopro_edge.distill.rundir import RunDir
@@ -454,9 +455,14 @@ class Trainer:
         if self.explore_result is not None:
             metrics["explore"] = self.explore_result
         gain = self.prompt.mean_gain().cpu().numpy() if self.prompt is not None else None
+        save_predictions(  # before metrics.json, which marks the run finished
+            self.run_dir.test_predictions, ids=self.splits.test.ids(), labels=y_test, logits=z_test,
+            predictions=adjusted_predictions(z_test, self.train_prior, la["tau"]), tau=la["tau"],
+        )
         reports = write_metrics_report(
             metrics, self.run_dir.metrics_dir, title=f"{self.recipe.name}: {self.recipe.distill.method} (test split)", gain=gain
         )
+        reports["test_predictions"] = self.run_dir.test_predictions
         reports["timm_model"] = save_student_for_timm(self.run_dir.best_checkpoint, self.run_dir.timm_student)
         log.info(
             "test: balanced accuracy %.4f, macro-F1 %.4f, rare recall %s (best epoch %d)",

@@ -1,0 +1,89 @@
+"""The ablation report as Markdown, and both files (``ablation.json``, ``ablation.md``) written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fopro_edge.ablate.bootstrap import METRICS
+from fopro_edge.ablate.results import machine
+from fopro_edge.ablate.stats import Interval, Spread
+from fopro_edge.ablate.summary import AblationReport
+from fopro_edge.io import atomic_write_json, atomic_write_text
+
+LABELS = {"balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1", "many_recall": "many recall",
+          "medium_recall": "medium recall", "few_recall": "few recall", "rare_recall": "rare recall"}
+JSON_NAME, MARKDOWN_NAME = "ablation.json", "ablation.md"
+
+
+def _spread(s: Spread) -> str:
+    if s.mean is None:
+        return "–"
+    return f"{s.mean:.3f}" if s.sd is None else f"{s.mean:.3f} ± {s.sd:.3f}"
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.3f}"
+
+
+def _interval(iv: Interval | None) -> str:
+    if iv is None:
+        return "–"
+    text = f"[{_signed(iv.low)}, {_signed(iv.high)}]"
+    return f"**{text}**" if iv.low > 0 or iv.high < 0 else text
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def render_markdown(r: AblationReport) -> str:
+    from fopro_edge.distill.report import markdown_table
+
+    pct = f"{100 * r.confidence:g} %"
+    lines = [
+        f"# Ablation of `{r.recipe}` (test split)\n",
+        f"`{r.command}`\n",
+        (f"{len(r.methods)} methods × {len(r.seeds)} seeds ({', '.join(map(str, r.seeds))}), one full `fopro-edge distill` "
+         f"run per cell in `{r.out}/`; best checkpoint by validation balanced accuracy. Report made {r.date} on "
+         f"{machine(r.env)}.\n"),
+        "## Per method: mean ± sd over seeds\n",
+        markdown_table(["method", "seeds", *(LABELS[m] for m in METRICS)],
+                       [[f"`{s.method}`", s.seeds, *(_spread(s.metrics[m]) for m in METRICS)] for s in r.summary]),
+        f"## Against `{r.baseline}`: method − {r.baseline}, mean over seeds, {pct} intervals\n",
+        ("Over seeds: paired t-interval of the per-seed differences (needs 2 seeds). Over test images: paired "
+         f"bootstrap, {r.resamples} resamples stratified by class, the same images for both methods, the "
+         "difference averaged over seeds per resample. **Bold**: the interval excludes 0.\n"),
+    ]
+    rows = [[f"`{d.method}`", LABELS[d.metric], _signed(d.mean), d.seeds, _interval(d.seed_interval),
+             _interval(d.bootstrap_interval)] for d in r.differences]
+    lines.append(markdown_table(["method", "metric", "difference", "seeds", f"{pct} over seeds",
+                                 f"{pct} over test images"], rows) if rows else "(one method only)\n")
+    fallbacks = sorted({f"`{d.method}`: {d.bootstrap_note}" for d in r.differences if d.bootstrap_note})
+    if fallbacks:
+        lines.append("Without an interval over test images (the seed interval stands alone):\n")
+        lines += [f"- {f}" for f in fallbacks]
+        lines.append("")
+    lines.append("## Cells\n")
+    lines.append(markdown_table(
+        ["cell", "status", "balanced accuracy", "macro-F1", "rare recall", "best epoch", "wall s", "train s",
+         "predictions", "machine"],
+        [[f"`{Path(c.dir).name}`", c.status, _num(c.metrics["balanced_accuracy"], ".3f"), _num(c.metrics["macro_f1"], ".3f"),
+          _num(c.metrics["rare_recall"], ".3f"), c.best_epoch if c.best_epoch is not None else "–",
+          _num(c.wall_seconds, ".1f"), _num(c.train_seconds, ".1f"), "yes" if c.predictions else "no", c.machine or "–"]
+         for c in r.cells],
+    ))
+    lines.append("wall s: the command that finished the cell, start to end (absent for cells run otherwise); "
+                 "train s: the epochs' training time from `history.jsonl`.\n")
+    if r.notes:
+        lines.append("## Notes\n")
+        lines += [f"- {n}" for n in r.notes]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(r: AblationReport) -> dict[str, Path]:
+    out = Path(r.out)
+    paths = {"json": out / JSON_NAME, "markdown": out / MARKDOWN_NAME}
+    atomic_write_json(paths["json"], r.to_dict())
+    atomic_write_text(paths["markdown"], render_markdown(r))
+    return paths

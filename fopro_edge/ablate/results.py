@@ -1,0 +1,143 @@
+"""What one finished ablation cell holds, read back typed from its run directory.
+
+``metrics/metrics.json`` (the test evaluation), ``metrics/test_predictions.npz`` when the run saved
+it, ``history.jsonl`` (training seconds per epoch), ``env.json`` (the machine it ran on) and
+``wall_seconds.txt`` (written by ``fopro-edge ablate`` when it finished the cell).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fopro_edge.ablate.bootstrap import GROUPS, METRICS, ClassLayout
+from fopro_edge.distill.rundir import RunDir
+from fopro_edge.errors import DataError
+from fopro_edge.schema import from_json
+
+WALL_SECONDS = "wall_seconds.txt"
+
+
+@dataclass(frozen=True)
+class GroupRecall:
+    many: float | None = None
+    medium: float | None = None
+    few: float | None = None
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    name: str
+    support: int
+    recall: float | None = None
+    group: str | None = None
+    rare: bool = False
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """The part of ``metrics.json`` an ablation reads."""
+
+    method: str
+    balanced_accuracy: float
+    macro_f1: float
+    accuracy: float
+    group_recall: GroupRecall
+    per_class: tuple[ClassMetrics, ...]
+    rare_recall: float | None = None
+    best_epoch: int | None = None
+    num_samples: int | None = None
+
+    def value(self, metric: str) -> float | None:
+        if metric.endswith("_recall") and metric.removesuffix("_recall") in GROUPS:
+            return getattr(self.group_recall, metric.removesuffix("_recall"))
+        return getattr(self, metric)
+
+    def values(self) -> dict[str, float | None]:
+        return {m: self.value(m) for m in METRICS}
+
+    def layout(self) -> ClassLayout:
+        return ClassLayout(tuple(c.group for c in self.per_class), tuple(c.rare for c in self.per_class))
+
+
+@dataclass(frozen=True)
+class _Cpu:
+    model: str = ""
+    usable_cores: int | None = None
+
+
+@dataclass(frozen=True)
+class _Gpu:
+    name: str = ""
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class _Env:
+    cpu: _Cpu = field(default_factory=_Cpu)
+    gpu: _Gpu | None = None
+
+
+@dataclass(frozen=True)
+class _TrainStats:
+    epoch_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class _HistoryRecord:
+    epoch: int
+    train: _TrainStats = field(default_factory=_TrainStats)
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not readable JSON ({e}); re-run the cell (delete its folder)") from None
+
+
+def read_metrics(rd: RunDir) -> RunMetrics:
+    return from_json(RunMetrics, _read_json(rd.metrics_json), str(rd.metrics_json))
+
+
+def machine(env: dict) -> str:
+    """One line: CPU model and usable cores, and the GPU when there is one."""
+    e = from_json(_Env, env, "env.json")
+    text = f"{e.cpu.model or 'unknown CPU'}, {e.cpu.usable_cores or '?'} cores"
+    if e.gpu is not None and e.gpu.name:
+        text += f", {e.gpu.name}" + (f" x{e.gpu.count}" if e.gpu.count and e.gpu.count > 1 else "")
+    return text
+
+
+def read_machine(rd: RunDir) -> str | None:
+    if not rd.env.is_file():
+        return None
+    raw = _read_json(rd.env)
+    return machine(raw) if isinstance(raw, dict) else None
+
+
+def read_train_seconds(rd: RunDir) -> float | None:
+    """The summed training time of the epochs in ``history.jsonl`` (survives a resume; excludes evaluation)."""
+    if not rd.history.is_file():
+        return None
+    total, seen = 0.0, False
+    for i, line in enumerate(rd.history.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{rd.history}: line {i + 1} is not JSON (re-run the cell)") from None
+        rec = from_json(_HistoryRecord, raw, f"{rd.history}: line {i + 1}")
+        if rec.train.epoch_seconds is not None:
+            total, seen = total + rec.train.epoch_seconds, True
+    return total if seen else None
+
+
+def read_wall_seconds(rd: RunDir) -> float | None:
+    path = rd.path / WALL_SECONDS
+    try:
+        return float(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
