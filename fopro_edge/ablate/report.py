@@ -32,6 +32,10 @@ def _interval(iv: Interval | None) -> str:
     return f"**{text}**" if iv.low > 0 or iv.high < 0 else text
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _num(v: float | None, fmt: str) -> str:
     return "–" if v is None else format(v, fmt)
 
@@ -43,7 +47,7 @@ def render_markdown(r: AblationReport) -> str:
     lines = [
         f"# Ablation of `{r.recipe}` (test split)\n",
         f"`{r.command}`\n",
-        (f"{len(r.methods)} methods × {len(r.seeds)} seeds ({', '.join(map(str, r.seeds))}), one full `fopro-edge distill` "
+        (f"{_count(len(r.methods), 'method')} × {_count(len(r.seeds), 'seed')} ({', '.join(map(str, r.seeds))}), one full `fopro-edge distill` "
          f"run per cell in `{r.out}/`; best checkpoint by validation balanced accuracy. Report made {r.date} on "
          f"{machine(r.env)}.\n"),
         "## Per method: mean ± sd over seeds\n",

@@ -162,9 +162,9 @@ def _cell_summary(x: _Cell, status: str) -> CellSummary:
 
 def _pair(base: _Cell, new: _Cell, seed: int) -> Pair | str:
     """The two runs of one seed as a bootstrap pair, or why they cannot be paired."""
-    for x in (base, new):
-        if x.predictions is None:
-            return x.problem or f"{x.cell.name}: no predictions"
+    problems = [x.problem or f"{x.cell.name}: no predictions" for x in (base, new) if x.predictions is None]
+    if problems:
+        return "; ".join(problems)
     a, b = base.predictions, new.predictions
     assert a is not None and b is not None
     if len(a.ids) != len(b.ids) or set(a.ids.tolist()) != set(b.ids.tolist()):
