@@ -12,8 +12,9 @@ counts every image; the per-class recall limits count the decisive images (not c
 flip-rate limit counts decisive predictions. The rare-loss limit (``max_rare_right_to_wrong``)
 counts every clear rare right->wrong image, and the rare close calls lost beyond those gained when
 the artifact erodes the rare classes: when the paired interval of the rare images' margin shift
-(true-class logit minus the strongest other, artifact minus PyTorch) lies wholly below zero. Without
-such a shift a lost toss-up is rounding noise, which also tips other close calls the other way.
+(true-class logit minus the strongest other, artifact minus PyTorch, beyond the common scale of all
+images' margins, which changes no prediction) lies wholly below zero. Without such a shift a lost
+toss-up is rounding noise, which also tips other close calls the other way.
 """
 
 from __future__ import annotations
@@ -113,12 +114,14 @@ class Flips:
 
 @dataclass(frozen=True)
 class MarginShift:
-    """Mean change of the rare images' true-class margin (logits, artifact minus PyTorch), with its
-    paired bootstrap interval; ``None`` interval when the bootstrap is off."""
+    """Mean change of the rare images' true-class margin (logits, artifact minus PyTorch, beyond the
+    common ``scale`` of all images' margins), with its paired bootstrap interval; ``None`` interval
+    when the bootstrap is off."""
 
     images: int
     mean: float
     interval: Interval | None
+    scale: float = 1.0
 
     @property
     def eroded(self) -> bool:
@@ -260,13 +263,17 @@ def margin_shift(
     confidence: float = 0.95,
     seed: int = BOOTSTRAP_SEED,
 ) -> MarginShift | None:
-    """The mean true-class margin change over the images in ``mask``, with a percentile bootstrap
-    interval of the mean (the same images for both models); ``None`` when ``mask`` selects none."""
+    """How far the artifact moved the true-class margins of the images in ``mask`` beyond the common
+    scale of all images: ``m_artifact - scale * m_reference`` averaged, ``scale`` the least-squares slope
+    over every image (logits that shrink or grow together change no prediction). Percentile bootstrap
+    interval of the mean over the masked images; ``None`` when ``mask`` selects none."""
     idx = np.flatnonzero(mask)
     if not len(idx):
         return None
-    y = labels[idx]
-    delta = true_class_margins(y, logits[idx]) - true_class_margins(y, reference_logits[idx])
+    ref, new = true_class_margins(labels, reference_logits), true_class_margins(labels, logits)
+    power = float(ref @ ref)
+    scale = float(ref @ new) / power if power > 0 else 1.0
+    delta = (new - scale * ref)[idx]
     interval = None
     if resamples > 0:
         rng = np.random.default_rng(seed)
@@ -274,7 +281,7 @@ def margin_shift(
         tail = 50.0 * (1.0 - confidence)
         lo, hi = np.percentile(means, [tail, 100.0 - tail])
         interval = Interval(float(lo), float(hi))
-    return MarginShift(images=len(idx), mean=float(delta.mean()), interval=interval)
+    return MarginShift(images=len(idx), mean=float(delta.mean()), interval=interval, scale=scale)
 
 
 def close_calls(reference_logits: np.ndarray, gap: float) -> np.ndarray:
@@ -576,7 +583,7 @@ def _p(p: float | None) -> str:
 
 def _shift_text(s: MarginShift) -> str:
     ci = "no interval" if s.interval is None else f"CI [{s.interval.low:+.2f}, {s.interval.high:+.2f}]"
-    return f"mean margin shift {s.mean:+.2f} logits, {ci}, {s.images} images"
+    return f"mean margin shift {s.mean:+.2f} logits, {ci}, {s.images} images, beyond a common scale of {s.scale:.3f}"
 
 
 def render_markdown(r: GateReport) -> str:
