@@ -126,12 +126,13 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class ExploreConfig:
-    """Stage 1: FPG + linear probe on the frozen teacher."""
+    """Stage 1: FPG + linear probe on the frozen teacher, then the clean / prompted probe diagnostic."""
 
-    epochs: int = field(default=2, metadata=range_(0))
-    lr: float = field(default=1e-3, metadata=range_(0.0, 10.0, lo_open=True))
+    steps: int = field(default=200, metadata=range_(0))  # optimizer steps, cycling the train loader
+    lr: float = field(default=3e-3, metadata=range_(0.0, 10.0, lo_open=True))  # 1e-3 barely moves the prompt (docs/method.md)
     probe_lr: float = field(default=1e-2, metadata=range_(0.0, 10.0, lo_open=True))
     gain_l2: float = field(default=0.01, metadata=range_(0.0))
+    probe_seeds: int = field(default=5, metadata=range_(2, 100))  # diagnostic: train resamples, one probe pair each
 
 
 @dataclass(frozen=True)
@@ -236,9 +237,25 @@ def recipe_from_dict(
 ) -> Recipe:
     raw = _apply_overrides(raw, overrides, source)
     ctx = _Context(source, base_dir or Path.cwd(), check_paths)
+    _check_renamed(raw, ctx)
     recipe = _convert(Recipe, raw, "", ctx)
     _check_recipe(recipe, ctx)
     return recipe
+
+
+RENAMED = {
+    "distill.explore.epochs": "replaced by distill.explore.steps (optimizer steps; one pass over the train "
+                              "split is about train images / data.batch_size steps)",
+}
+
+
+def _check_renamed(raw: dict[str, Any], ctx: _Context) -> None:
+    for dotted, hint in RENAMED.items():
+        node: Any = raw
+        for part in dotted.split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is not KeyError:
+            _fail(ctx, dotted, hint)
 
 
 def _check_recipe(r: Recipe, ctx: _Context) -> None:

@@ -240,7 +240,7 @@ def _data_section(run: Path, longtail: Mapping[str, Any] | None, recipe: Recipe 
 
 
 def _method_section(recipe: Recipe | None, metrics: Mapping[str, Any] | None) -> list[str]:
-    from fopro_edge.distill.report import markdown_table
+    from fopro_edge.distill.report import explore_summary, markdown_table
 
     if recipe is None:
         return ["## 2. Method\n", "(no `recipe.yaml` in the run)\n"]
@@ -265,11 +265,11 @@ def _method_section(recipe: Recipe | None, metrics: Mapping[str, Any] | None) ->
                                                    "not applied by exported artifacts"])
     out = ["## 2. Method\n", markdown_table(["", ""], rows)]
     ex = (metrics or {}).get("explore")
-    if ex:
-        out.append(f"Explore stage ({ex.get('epochs')} epochs): linear probe on the teacher's features, balanced accuracy "
-                   f"{_pct(ex.get('probe_balanced_accuracy_without_prompt'))} % on clean images and "
-                   f"{_pct(ex.get('probe_balanced_accuracy_with_prompt'))} % on prompted images; learned gain "
-                   f"{ex.get('gain_min', 0):.3f}–{ex.get('gain_max', 0):.3f}.\n")
+    explore = explore_summary(ex)
+    if explore:
+        out.append(explore)
+        if (ex.get("gain") or {}).get("plot"):
+            out.append(f"![effective FPG gain]({ex['gain']['plot']})\n")
     return out
 
 

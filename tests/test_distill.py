@@ -57,9 +57,9 @@ def test_fopro_learns_the_synthetic_classes(tmp_path):
 def test_explore_logs_probe_accuracy_with_and_without_prompt(tmp_path):
     result = _run(tmp_path, "run", "distill.method=ekd+fpg", "distill.epochs=1")
     explore = json.loads((result.run_dir / "explore.json").read_text())
-    for key in ("probe_balanced_accuracy_with_prompt", "probe_balanced_accuracy_without_prompt"):
-        assert 0.0 <= explore[key] <= 1.0
-    assert explore["gain_min"] >= torch.exp(torch.tensor(-1.0)).item() - 1e-6
+    for key in ("prompted", "clean"):
+        assert 0.0 <= explore["probe"][key]["balanced_accuracy"] <= 1.0
+    assert explore["gain"]["min"] >= torch.exp(torch.tensor(-1.0)).item() - 1e-6
 
 
 def test_akd_steps_are_recorded_one_by_one_from_their_start_epoch(tmp_path, caplog):

@@ -113,10 +113,49 @@ def _markdown(metrics: Mapping[str, Any], title: str, files: Mapping[str, str]) 
         ),
     ]
     parts += _logit_adjust_note(metrics.get("logit_adjust"))
+    explore = explore_summary(metrics.get("explore"))
+    if explore:
+        parts += ["## Explore stage (teacher with and without the Fourier prompt)\n", explore]
     images = [f"![{name}]({fname})" for name, fname in files.items()]
     if images:
         parts += ["## Plots\n", "\n\n".join(images) + "\n"]
     return "\n".join(parts)
+
+
+def _signed(v: float) -> str:
+    return f"{100.0 * v:+.1f}"
+
+
+def explore_summary(ex: Mapping[str, Any] | None) -> str | None:
+    """The explore stage in a paragraph: what the frozen prompt does to the teacher's features, with its intervals."""
+    if not ex:
+        return None
+    if "probe" not in ex:  # a run from before the paired diagnostic: two probes trained alongside the prompt
+        return (f"Explore stage ({ex.get('epochs')} epochs): teacher probes trained alongside the prompt, balanced accuracy "
+                f"{_pct(ex.get('probe_balanced_accuracy_without_prompt'))} % clean, "
+                f"{_pct(ex.get('probe_balanced_accuracy_with_prompt'))} % prompted (one run each, no interval).\n")
+    p, g = ex["probe"], ex.get("gain") or {}
+    d = p["difference"]["balanced_accuracy"]
+    few = p["difference"].get("few_recall")
+    boot = d.get("bootstrap_interval") or [float("nan")] * 2
+    text = (
+        f"Explore stage ({ex.get('steps')} prompt steps, lr {ex.get('lr')}), then the prompt frozen: class-balanced "
+        f"logistic-regression probes on the teacher's features of the train images, {p['seeds']} stratified bootstrap "
+        f"resamples each shared by a clean and a prompted probe, scored on {p['val_images']} val images. Balanced accuracy "
+        f"{_pct(p['clean']['balanced_accuracy'])} % clean, {_pct(p['prompted']['balanced_accuracy'])} % prompted: "
+        f"difference {_signed(d['mean'])} points, 95 % interval {_signed(d['t_interval'][0])}..{_signed(d['t_interval'][1])} "
+        f"over probe seeds and {_signed(boot[0])}..{_signed(boot[1])} over val images"
+    )
+    if few:
+        fb = few.get("bootstrap_interval") or [float("nan")] * 2
+        text += (f"; few-group recall {_pct(p['clean']['few_recall'])} % clean, {_pct(p['prompted']['few_recall'])} % "
+                 f"prompted: difference {_signed(few['mean'])} points, {_signed(few['t_interval'][0])}.."
+                 f"{_signed(few['t_interval'][1])} over probe seeds and {_signed(fb[0])}..{_signed(fb[1])} over val images")
+    text += f". So: {ex['conclusion']}." if ex.get("conclusion") else "."
+    if g:
+        text += (f" Effective gain over the val images {g['min']:.3f}–{g['max']:.3f}, mean |log gain| "
+                 f"{g['mean_abs_log_gain']:.4f}" + (f" (`{g['plot']}`)" if g.get("plot") else "") + ".")
+    return text + "\n"
 
 
 def _logit_adjust_note(la: Mapping[str, Any] | None) -> list[str]:
@@ -213,7 +252,8 @@ def _plot_confusion(metrics: Mapping[str, Any], path: Path) -> None:
     _save_png(fig, path)
 
 
-def _plot_gain(gain: np.ndarray, path: Path) -> None:
+def plot_gain_spectrum(gain: np.ndarray, path: Path, *, title: str = "Learned dataset-level FPG gain") -> None:
+    """A gain over the half spectrum (``C×H×(W//2+1)``): one map per channel and the radial profile, PNG."""
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 
@@ -268,7 +308,7 @@ def _plot_gain(gain: np.ndarray, path: Path) -> None:
     ax.set_title("radial profile", fontsize=9)
     if len(curves) > 1:
         ax.legend(fontsize=7)
-    fig.suptitle("Learned dataset-level FPG gain (DC at left-middle)", fontsize=10)
+    fig.suptitle(f"{title} (DC at left-middle)", fontsize=10)
     _save_png(fig, path)
 
 
@@ -306,7 +346,7 @@ def write_metrics_report(
             images["confusion matrix"] = paths["confusion_matrix"].name
     if gain is not None:
         paths["fpg_gain"] = out_dir / "fpg_gain.png"
-        _plot_gain(np.asarray(gain), paths["fpg_gain"])
+        plot_gain_spectrum(np.asarray(gain), paths["fpg_gain"])
         images["FPG gain"] = paths["fpg_gain"].name
 
     paths["markdown"] = out_dir / "metrics.md"

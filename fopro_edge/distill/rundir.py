@@ -39,6 +39,11 @@ class RunDir:
         return self.path / "explore.json"
 
     @property
+    def explore_plot(self) -> Path:
+        """The prompt's effective gain over the val images (explore stage)."""
+        return self.path / "explore.png"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 

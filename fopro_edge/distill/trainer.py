@@ -98,7 +98,7 @@ class Trainer:
         r, rt = self.recipe, self.rt
         num_classes = len(self.class_names)
         self.student = build_student(r.student, num_classes).to(rt.device)
-        self.teacher = self.prompt = self.probe = self.clean_probe = None
+        self.teacher = self.prompt = self.probe = None
         heads = None
         if r.uses_teacher:
             self.teacher = build_teacher(r.teacher).to(rt.device)
@@ -111,7 +111,6 @@ class Trainer:
 
                 self.prompt = FourierPromptGenerator.from_config(r.prompt, r.data.image_size).to(rt.device)
                 self.probe = nn.Linear(t_dim, num_classes).to(rt.device)
-                self.clean_probe = nn.Linear(t_dim, num_classes).to(rt.device)
         self.net = DistillNet(self.student, heads)
         if rt.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -183,9 +182,11 @@ class Trainer:
         if state is not None:
             start_epoch = self._load_state(state)
         if self.prompt is not None and self.explore_result is None:
+            eval_tf = build_transform(r.data.image_size, "none", training=False)
             self.explore_result = explore_prompt(
-                r, self.teacher, self.prompt, self.probe, self.clean_probe, self.loader, self._eval_loader(self.val_set),
-                sampler_prior(self.stats.counts, r.data.sampler), rt, start_epoch=self._start_epoch,
+                r, self.teacher, self.prompt, self.probe, self.loader, ImageDataset(self.splits.train, eval_tf), self.val_set,
+                sampler_prior(self.stats.counts, r.data.sampler), self.stats.group_ids("few"), rt,
+                start_epoch=self._start_epoch, plot_path=self.run_dir.explore_plot,
             )
             if rt.is_main:
                 atomic_write_json(self.run_dir.explore_json, self.explore_result)
@@ -391,7 +392,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "explore": self.explore_result,
         }
-        for name in ("prompt", "probe", "clean_probe", "prompt_optimizer"):
+        for name in ("prompt", "probe", "prompt_optimizer"):
             obj = getattr(self, name)
             if obj is not None:
                 state[name] = obj.state_dict()
@@ -415,7 +416,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        for name in ("prompt", "probe", "clean_probe", "prompt_optimizer"):
+        for name in ("prompt", "probe", "prompt_optimizer"):
             obj = getattr(self, name)
             if obj is not None and name in state:
                 obj.load_state_dict(state[name])
