@@ -2,8 +2,10 @@
 
 Extracts the teacher's pooled features of the train and test splits of a recipe (clean images,
 no augmentation), fits a class-balanced logistic regression on train, and reports balanced
-accuracy and few-group recall on test, at one or more input sizes. A teacher whose probe scores
-below what the student reaches alone has little to distil.
+accuracy and few-group recall on test, at one or more input sizes and recipe seeds. A teacher whose
+probe scores below what the student reaches alone has little to distil. The features and the
+probe are those of ``fopro_edge.distill.probe``; ``fopro-edge probe RECIPE`` runs the same check on
+val against a quick student, with intervals.
 
     python benchmarks/teacher_probe.py recipes/demo_digits.yaml --sizes 64,224 --out benchmarks/results/teacher_probe_demo.json
 """
@@ -20,15 +22,6 @@ import numpy as np
 import torch
 
 
-def features(teacher, images, size: int, batch: int = 64) -> np.ndarray:
-    from fopro_edge.data import ImageDataset, build_transform
-
-    ds = ImageDataset(images, build_transform(size, "none", training=False))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch)
-    with torch.no_grad():
-        return np.concatenate([teacher(x).float().numpy() for x, _, _ in loader])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe")
@@ -38,12 +31,9 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score, recall_score
-    from sklearn.preprocessing import StandardScaler
-
     from fopro_edge.config import load_recipe
-    from fopro_edge.data import build_splits, compute_longtail_stats
+    from fopro_edge.data import ImageDataset, build_splits, build_transform, compute_longtail_stats
+    from fopro_edge.distill.probe import extract_features, fit_probe, recall_summary
     from fopro_edge.envinfo import collect_env
     from fopro_edge.models import build_teacher
 
@@ -53,21 +43,13 @@ def main() -> None:
         torch.manual_seed(seed)
         splits = build_splits(recipe.data, recipe.seed)
         stats = compute_longtail_stats(splits.train.labels, list(splits.class_names), recipe.data.groups)
-        few = list(stats.group_ids("few"))
         teacher = build_teacher(recipe.teacher)
         for size in map(int, a.sizes.split(",")):
-            xtr, xte = features(teacher, splits.train, size), features(teacher, splits.test, size)
-            scaler = StandardScaler().fit(xtr)
-            clf = LogisticRegression(max_iter=2000, class_weight="balanced", C=1.0)
-            clf.fit(scaler.transform(xtr), splits.train.labels)
-            pred = clf.predict(scaler.transform(xte))
-            recalls = recall_score(splits.test.labels, pred, labels=range(len(splits.class_names)), average=None, zero_division=0)
-            row = {
-                "seed": seed,
-                "image_size": size,
-                "balanced_accuracy": float(balanced_accuracy_score(splits.test.labels, pred)),
-                "few_recall": float(np.mean(recalls[few])) if few else None,
-            }
+            tf = build_transform(size, "none", training=False)
+            xtr, ytr = extract_features(teacher, ImageDataset(splits.train, tf))
+            xte, yte = extract_features(teacher, ImageDataset(splits.test, tf))
+            model, _ = fit_probe(xtr, ytr)  # the whole train split (fopro-edge probe resamples it)
+            row = {"seed": seed, "image_size": size, **recall_summary(yte, model.predict(xte), stats.group_ids("few"))}
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {}

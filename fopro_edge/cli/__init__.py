@@ -74,9 +74,10 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 
 def _register() -> None:
     """Attach the subcommands (their modules import only click at load time)."""
-    from fopro_edge.cli import ablate_cmd, bench_cmd, distill_cmd, eval_cmd, export_cmd, predict_cmd, run_cmd, verify_cmd
+    from fopro_edge.cli import (ablate_cmd, bench_cmd, distill_cmd, eval_cmd, export_cmd, predict_cmd, probe_cmd, run_cmd,
+                                verify_cmd)
 
-    for command in (run_cmd.run, distill_cmd.distill, ablate_cmd.ablate, export_cmd.export, eval_cmd.evaluate,
+    for command in (run_cmd.run, probe_cmd.probe, distill_cmd.distill, ablate_cmd.ablate, export_cmd.export, eval_cmd.evaluate,
                     bench_cmd.bench, verify_cmd.verify, predict_cmd.predict):
         cli.add_command(command)
 
