@@ -7,6 +7,7 @@ problem (unknown or misspelt key, wrong type, out-of-range value, missing path) 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -217,14 +218,17 @@ class Recipe:
 # --------------------------------------------------------------------------- loading
 
 
-def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), *, check_paths: bool = True) -> Recipe:
+def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), *, check_paths: bool = True,
+                saved: bool = False) -> Recipe:
     """Read a recipe file, apply ``key=value`` overrides, validate and return it.
 
-    Relative paths in the recipe are resolved against the recipe's folder.
+    Relative paths in the recipe are resolved against the recipe's folder. ``saved``: a run's
+    recipe.yaml (see :func:`recipe_from_dict`).
     """
     path = Path(path)
     raw = read_yaml_mapping(path, "recipe", allow_empty=False)
-    return recipe_from_dict(raw, overrides, source=str(path), base_dir=path.parent, check_paths=check_paths)
+    return recipe_from_dict(raw, overrides, source=str(path), base_dir=path.parent, check_paths=check_paths,
+                            saved=saved)
 
 
 def recipe_from_dict(
@@ -234,7 +238,12 @@ def recipe_from_dict(
     source: str = "<recipe>",
     base_dir: Path | None = None,
     check_paths: bool = True,
+    saved: bool = False,
 ) -> Recipe:
+    """``saved``: a recipe recorded by an earlier run (checkpoint, run directory), whose renamed keys
+    are dropped rather than refused, so old runs still export, evaluate and report."""
+    if saved:
+        raw = _without_renamed(raw)
     raw = _apply_overrides(raw, overrides, source)
     ctx = _Context(source, base_dir or Path.cwd(), check_paths)
     _check_renamed(raw, ctx)
@@ -247,6 +256,18 @@ RENAMED = {
     "distill.explore.epochs": "replaced by distill.explore.steps (optimizer steps; one pass over the train "
                               "split is about train images / data.batch_size steps)",
 }
+
+
+def _without_renamed(raw: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for dotted in RENAMED:
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
 
 
 def _check_renamed(raw: dict[str, Any], ctx: _Context) -> None:

@@ -178,7 +178,8 @@ def _read_recipe(run: Path) -> Recipe | None:
     if not path.is_file():
         return None
     try:
-        return recipe_from_dict(read_yaml_mapping(path, "recipe"), source=str(path), base_dir=run, check_paths=False)
+        return recipe_from_dict(read_yaml_mapping(path, "recipe"), source=str(path), base_dir=run, check_paths=False,
+                                saved=True)
     except ConfigError as e:
         log.warning("%s; the recipe is left out of the report", e)
         return None

@@ -69,6 +69,17 @@ def test_the_old_explore_epochs_key_says_what_replaced_it():
         load_recipe(SMOKE, ["distill.explore.epochs=2"])
 
 
+def test_a_recipe_saved_by_an_older_run_still_loads(tmp_path):
+    from fopro_edge.config import recipe_from_dict
+
+    old = load_recipe(SMOKE).to_dict()
+    old["distill"]["explore"] = {"epochs": 2, "lr": 0.001}  # as runs before distill.explore.steps saved it
+    with pytest.raises(ConfigError, match="replaced by"):
+        recipe_from_dict(old, source="old.pt (embedded recipe)", check_paths=False)
+    recipe = recipe_from_dict(old, source="old.pt (embedded recipe)", check_paths=False, saved=True)
+    assert recipe.distill.explore.lr == 0.001 and "epochs" in old["distill"]["explore"]  # the record is not changed
+
+
 # --------------------------------------------------------------------------- the diagnostic
 
 

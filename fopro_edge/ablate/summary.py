@@ -208,7 +208,7 @@ def _recipe_drift(plan: AblationPlan, cell: Cell) -> list[str]:
     if not saved.is_file():
         return [f"{cell.name}: no recipe.yaml to compare with this command's recipe"]
     try:
-        old = load_recipe(saved, check_paths=False).to_dict()
+        old = load_recipe(saved, check_paths=False, saved=True).to_dict()
     except ConfigError as e:
         return [f"{cell.name}: its recipe.yaml cannot be read by this version ({e})"]
     new = load_recipe(plan.recipe, cell.overrides(plan.overrides), check_paths=False).to_dict()

@@ -252,7 +252,8 @@ class ExportContext:
         self.target, self.profile, self.out = target, profile, out_dir
         student, self.info = load_student(checkpoint)
         self.student = with_logit_adjust(student, self.info)
-        self.recipe = recipe = recipe_from_dict(self.info.recipe, source=f"{checkpoint} (embedded recipe)", check_paths=False)
+        self.recipe = recipe = recipe_from_dict(self.info.recipe, source=f"{checkpoint} (embedded recipe)", check_paths=False,
+                                                   saved=True)
         self.splits = build_splits(recipe.data, recipe.seed)
         if list(self.splits.class_names) != list(self.info.class_names):
             raise ConfigError(

@@ -81,7 +81,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu"):
     from fopro_edge.models.student import build_student
 
     state = load_checkpoint(path)
-    recipe = recipe_from_dict(state["recipe"], source=f"{path} (embedded recipe)", check_paths=False)
+    recipe = recipe_from_dict(state["recipe"], source=f"{path} (embedded recipe)", check_paths=False, saved=True)
     student = build_student(
         type(recipe.student)(**{**recipe.student.__dict__, "pretrained": False, "weights": None}),
         num_classes=len(state["class_names"]),

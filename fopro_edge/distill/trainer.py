@@ -483,7 +483,7 @@ def _check_same_recipe(saved: dict[str, Any], current: dict[str, Any], path: Pat
     """
     from fopro_edge.config import recipe_from_dict
 
-    saved = recipe_from_dict(saved, source=f"{path} (embedded recipe)", check_paths=False).to_dict()
+    saved = recipe_from_dict(saved, source=f"{path} (embedded recipe)", check_paths=False, saved=True).to_dict()
     diffs = [k for k in _flat_diff(saved, current) if not k.startswith(RESUMABLE_CHANGES)]
     if diffs:
         raise ConfigError(
