@@ -358,6 +358,8 @@ def qat_distill(
                      step, config.steps, history[-1].loss, *s)
             if key(s) > key(best_score):
                 best_score, best_state, best_step, stale = s, copy.deepcopy(model.state_dict()), step, 0
+                if s[:3] == (0, 0, 0):  # no rare loss, no close call lost, no decisive flip: nothing left to fix
+                    break
             else:
                 stale += 1
                 if stale >= config.patience:
