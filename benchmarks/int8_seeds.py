@@ -27,7 +27,7 @@ def rows_of(run: Path) -> list[dict]:
     from fopro_edge.config import load_recipe
     from fopro_edge.deploy.pipeline import read_export
 
-    recipe = load_recipe(run / "recipe.yaml", check_paths=False)
+    recipe = load_recipe(run / "recipe.yaml", check_paths=False, saved=True)
     out = []
     for manifest in sorted((run / "export").glob("*/export.json")):
         result = read_export(manifest)
@@ -53,6 +53,7 @@ def rows_of(run: Path) -> list[dict]:
                 "confirm_rare_losses": c.flips.rare_losses if c else None,
                 "confirm_rare_text": c.flips.rare_text() if c else None,
                 "confirm_lost_gaps": [x.reference_gap for x in c.rare_lost] if c else None,
+                "confirm_margin_shift": _shift(c.rare_margin_shift) if c else None,
             })
     return out
 
@@ -75,6 +76,20 @@ def summaries(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _shift(m) -> dict | None:
+    if m is None:
+        return None
+    return {"mean": m.mean, "low": m.interval.low if m.interval else None,
+            "high": m.interval.high if m.interval else None, "scale": m.scale, "eroded": m.eroded}
+
+
+def _shift_cell(m: dict | None) -> str:
+    if m is None:
+        return "–"
+    ci = f" [{m['low']:+.2f}, {m['high']:+.2f}]" if m["low"] is not None else ""
+    return f"{m['mean']:+.2f}{ci}{' eroded' if m['eroded'] else ''}"
+
+
 def _lost(r: dict) -> str:
     if r["confirm_rare_rw"] is None:
         return "–"
@@ -92,16 +107,19 @@ def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> 
         "repair try was scored on; confirmation: the other split, scored once on the kept artifact. Rare r→w: "
         "rare images the FP32 student got right and the artifact gets wrong; close calls (the FP32 student's "
         "top-2 probability gap under `check.close_call_gap`) in brackets, with their gaps on confirmation. "
-        "Rare lost (gate): what `max_rare_right_to_wrong` limits, clear losses plus close calls lost beyond "
-        "those gained.", "",
-        "| recipe | seed | target | status | kept | INT8 ops | selection | rare r→w | flips | confirmation | rare r→w | rare lost (gate) | flips |",
-        "|---|---:|---|---|---|---:|---|---:|---:|---|---:|---:|---:|",
+        "Rare margin shift: the rare images' mean true-class margin change on confirmation (logits, artifact "
+        "minus FP32, beyond the common scale of all margins) with its 95 % bootstrap interval. Rare lost (gate): "
+        "what `max_rare_right_to_wrong` limits, clear losses plus close calls lost beyond those gained where "
+        "that interval lies below zero (eroded).", "",
+        "| recipe | seed | target | status | kept | INT8 ops | selection | rare r→w | flips | confirmation | rare r→w | rare margin shift | rare lost (gate) | flips |",
+        "|---|---:|---|---|---|---:|---|---:|---:|---|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['recipe']} | {r['seed']} | {r['target']} | {r['status']} | {r['kept']} | {r['int8_ops']}/{r['weighted_ops']} | "
             f"{r['select_split']} {pct(r['select_ref'])} → {pct(r['select_int8'])} | {r['select_rare_text']} | {r['select_flips']} | "
             f"{r['confirm_split'] or '–'} {pct(r['confirm_ref'])} → {pct(r['confirm_int8'])} | {_lost(r)} | "
+            f"{_shift_cell(r.get('confirm_margin_shift'))} | "
             f"{'–' if r.get('confirm_rare_losses') is None else r['confirm_rare_losses']} | "
             f"{'–' if r['confirm_flips'] is None else r['confirm_flips']} |")
     lines += ["", "| recipe | target | passed | selection drop mean / max | confirmation drop mean / max | "
