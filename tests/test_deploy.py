@@ -426,6 +426,23 @@ def test_no_deploy_module_is_named_like_the_package_it_wraps():
     assert not names & {"onnx", "onnxruntime", "openvino", "tensorrt", "nncf"}
 
 
+def test_qat_early_stop_scores_rare_losses_as_the_gate_counts_them():
+    from fopro_edge.deploy.gate import close_calls
+    from fopro_edge.deploy.qat import _score
+
+    labels = np.repeat(np.arange(4), 10)
+    rare = labels >= 2
+    ref = _logits(labels)
+    ref[20, 0] = 4.8  # a rare close call
+    new = ref.copy()
+    new[20, 0] = 6.0  # ... lost, nothing else moved: rounding noise
+    close, check = close_calls(ref, 0.5), P.GateConfig()
+    assert _score(labels, ref, new, [2, 3], 4, close, check)[:3] == (0, 1, 0)
+    new[rare, labels[rare]] -= 0.5  # the rare margins erode: the lost close call counts
+    assert _score(labels, ref, new, [2, 3], 4, close, check)[:3] == (1, 1, 0)
+    assert evaluate_gate(labels, ref, new, NAMES, RARE, check).flips.rare_losses == 1
+
+
 def _outcome(passed: bool, rare_rw: int, flips: int, close_calls: int = 0, gained: int = 0):
     from types import SimpleNamespace
 

@@ -137,7 +137,7 @@ def _qat(x: ExportContext, b: Int8Backend, scheme: Int8Scheme):
         return qat.qat_distill(
             x.student, quantized, x.splits.train, image_size=x.info.image_size, config=x.profile.qat,
             augment=data.augment, flips=data.flips, select_images=sel_images, select_labels=sel_labels,
-            select_reference=sel_reference, rare_ids=x.rare_ids, close_call_gap=x.profile.check.close_call_gap,
+            select_reference=sel_reference, rare_ids=x.rare_ids, check=x.profile.check,
             seed=x.profile.calibration.seed,
         )
 

@@ -244,19 +244,22 @@ def to_openvino(model: Any, image_size: int) -> Any:
     return _ov().convert_model(model.cpu().eval(), example_input=torch.rand(1, 3, image_size, image_size))
 
 
-def _score(labels: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray, rare_ids: list[int], num_classes: int,
-           close: np.ndarray) -> tuple:
+def _score(labels: np.ndarray, reference: np.ndarray, logits: np.ndarray, rare_ids: list[int], num_classes: int,
+           close: np.ndarray, check: Any) -> tuple:
     """(rare losses as the gate counts them, rare close calls lost, changed decisive predictions,
-    balanced accuracy)."""
-    from fopro_edge.deploy.gate import scores
+    balanced accuracy); ``check``: the gate's thresholds (``GateConfig``)."""
+    from fopro_edge.deploy.gate import margin_shift, scores
 
+    ref_pred, pred = reference.argmax(1), logits.argmax(1)
     rare = np.isin(labels, rare_ids)
     lost = (ref_pred == labels) & (pred != labels) & rare
     gained = (ref_pred != labels) & (pred == labels) & rare & close
     clear, close_lost = int((lost & ~close).sum()), int((lost & close).sum())
+    shift = margin_shift(labels, reference, logits, rare, resamples=check.bootstrap, confidence=check.confidence)
+    drift = max(0, close_lost - int(gained.sum())) if shift is None or shift.eroded else 0
     flips = int(((ref_pred != pred) & ~close).sum())
     bacc = scores(labels, pred, num_classes, rare_ids).balanced_accuracy
-    return clear + max(0, close_lost - int(gained.sum())), close_lost, flips, bacc
+    return clear + drift, close_lost, flips, bacc
 
 
 def qat_kd_loss(s_logits: Any, t_logits: Any, labels: Any, bsm: Any, *, temperature: float, bsm_weight: float) -> Any:
@@ -283,13 +286,14 @@ def qat_distill(
     select_labels: np.ndarray,
     select_reference: np.ndarray,
     rare_ids: list[int],
-    close_call_gap: float = 0.0,
+    check: Any,
     seed: int = 0,
 ) -> QATResult:
     """Fine-tune ``quantized`` (from :func:`fake_quantize`) against the FP32 ``student``.
 
     ``train``: the train :class:`~fopro_edge.data.ImageList`; ``config``: a ``QATConfig``;
-    ``augment`` / ``flips``: the recipe's training augmentation; ``close_call_gap``: the gate's.
+    ``augment`` / ``flips``: the recipe's training augmentation; ``check``: the gate's thresholds
+    (``GateConfig``), so the early stop counts rare losses as the gate does.
     """
     import torch
 
@@ -316,8 +320,7 @@ def qat_distill(
         p.requires_grad_(False)
     model = quantized.to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    ref_pred = select_reference.argmax(1)
-    close = close_calls(select_reference, close_call_gap)
+    close = close_calls(select_reference, check.close_call_gap)
     sel = torch.from_numpy(np.ascontiguousarray(select_images, dtype=np.float32))
 
     def evaluate() -> tuple:
@@ -325,7 +328,7 @@ def qat_distill(
         with torch.no_grad():
             logits = torch.cat([model(sel[i:i + 64].to(device)).float().cpu() for i in range(0, len(sel), 64)])
         model.train()
-        return _score(select_labels, ref_pred, logits.argmax(1).numpy(), rare_ids, num_classes, close)
+        return _score(select_labels, select_reference, logits.numpy(), rare_ids, num_classes, close, check)
 
     def key(s: tuple) -> tuple:
         clear, close_lost, flips, bacc = s
@@ -358,7 +361,7 @@ def qat_distill(
                      step, config.steps, history[-1].loss, *s)
             if key(s) > key(best_score):
                 best_score, best_state, best_step, stale = s, copy.deepcopy(model.state_dict()), step, 0
-                if s[:3] == (0, 0, 0):  # no rare loss, no close call lost, no decisive flip: nothing left to fix
+                if s[0] == s[2] == 0:  # no rare loss as the gate counts it, no decisive flip: nothing left to fix
                     break
             else:
                 stale += 1
