@@ -253,3 +253,22 @@ def test_probe_command_refuses_an_out_that_already_holds_a_check(tmp_path):
     res = CliRunner().invoke(cli, ["probe", str(SMOKE), "--student-epochs", "1", "--out", str(tmp_path / "c")])
     assert res.exit_code == 2
     assert res.output.strip() == f"error: --out: {tmp_path / 'c'} already holds a teacher check (choose another --out)"
+
+
+# --------------------------------------------------------------------------- what a fopro run must not touch
+
+
+def test_a_fopro_run_leaves_the_teacher_untouched_and_takes_the_prior_from_train(tmp_path):
+    recipe = load_recipe(SMOKE, ["distill.method=fopro", "distill.epochs=1", "distill.akd.every=1"])
+    tr = Trainer(recipe, RunDir(tmp_path / "run"), setup_runtime(recipe.runtime), progress=False)
+    before = {k: v.detach().clone() for k, v in tr.teacher.state_dict().items()}  # weights and BatchNorm buffers
+    assert any("running_mean" in k for k in before)
+    tr.run(resume=False)
+    after = tr.teacher.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    assert not changed, f"the frozen teacher changed during the run: {changed[:5]}"
+    train = np.bincount(tr.splits.train.labels, minlength=len(tr.splits.class_names)).astype(np.float64)
+    val = np.bincount(tr.splits.val.labels, minlength=len(tr.splits.class_names)).astype(np.float64)
+    expected = torch.log(torch.as_tensor(train / train.sum()) + 1e-12).float()
+    assert torch.allclose(tr.objective.bsm.log_prior.cpu(), expected)
+    assert not np.allclose(train / train.sum(), val / val.sum())  # the two priors differ, so the check can fail
