@@ -38,7 +38,7 @@ def rows_of(run: Path) -> list[dict]:
             chosen = step.repair.attempts[step.repair.chosen - 1] if step.repair else None
             int8_ops = step.extra.get("int8_weighted_ops", {})
             out.append({
-                "recipe": recipe.name, "seed": recipe.seed, "run": str(run), "target": result.target, "step": step.name,
+                "recipe": recipe.name, "seed": recipe.seed, "run": run.name, "target": result.target, "step": step.name,
                 "status": step.status, "kept": f"try {chosen.number}: {chosen.label}" if chosen else "try 1",
                 "int8_ops": int8_ops.get("int8"), "weighted_ops": int8_ops.get("total"),
                 "select_split": g.split, "select_ref": g.reference.balanced_accuracy, "select_int8": g.candidate.balanced_accuracy,

@@ -26,8 +26,8 @@ Quantization schemes (8-bit everywhere; what each library gives):
 Run (what produced benchmarks/results/qat_libraries_demo.*; a venv with torch 2.14.1, the project,
 nncf, onnx, onnxruntime, openvino, torchao and nvidia-modelopt):
 
-    OMP_NUM_THREADS=1 /tmp/qatlib/venv/bin/python benchmarks/qat_libraries.py \\
-        --checkpoint /tmp/seeds/demo_digits-s0/checkpoints/best.pt \\
+    OMP_NUM_THREADS=1 VENV/bin/python benchmarks/qat_libraries.py \\
+        --checkpoint RUN/checkpoints/best.pt \\
         --out benchmarks/results/qat_libraries_demo --steps 150 --weight-bits 8,7 --libraries nncf,pt2e,modelopt
 
 then the setup facts seen while installing/running were added as notes, re-rendering without rerunning:
@@ -440,7 +440,7 @@ def render(result: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", default="/tmp/seeds/demo_digits-s0/checkpoints/best.pt")
+    p.add_argument("--checkpoint", required=True, help="a trained student, e.g. RUN/checkpoints/best.pt of a demo run")
     p.add_argument("--out", default="benchmarks/results/qat_libraries_demo")
     p.add_argument("--libraries", default="nncf,pt2e,modelopt")
     p.add_argument("--steps", type=int, default=150)
