@@ -86,9 +86,9 @@ def convert_ir(
 class NNCFSettings:
     """One NNCF recipe (what a repair try changes is recorded from here)."""
 
-    preset: str = "performance"
+    preset: str = "mixed"
     fast_bias_correction: bool = True
-    range_estimator: str = "default"  # default | minmax | mean_minmax | mean_quantile
+    range_estimator: str = "minmax"  # default (NNCF's own) | minmax | mean_minmax | mean_quantile
     ignored_types: tuple[str, ...] = ()
     ignored_patterns: tuple[str, ...] = ()
     ignored_onnx_nodes: tuple[str, ...] = ()  # the most sensitive nodes, from the ranking

@@ -547,7 +547,7 @@ def _ov_backend(x: ExportContext, onnx_step: StepResult, scheme: Any) -> Int8Bac
         step="ir-int8", title="OpenVINO IR INT8 (NNCF)", suffix=".xml", base_label=label, base=base.to_dict(),
         method_key="range_estimator", exclude_key="ignored_onnx_nodes", quantize=quantize,
         rank=lambda images: _rank_for_openvino(x, src, x.out / "ir-int8", images), coverage=vb.int8_weighted_ops,
-        runner=lambda path: _ov_runner(x, path, "int8"), from_qat=from_qat, qat_preset="performance",
+        runner=lambda path: _ov_runner(x, path, "int8"), from_qat=from_qat, qat_preset=n.preset,
         methods=tuple(p.repair.range_estimators), accuracy_control=p.repair.accuracy_control and not n.accuracy_control,
         accuracy_control_first=n.accuracy_control,
         report_notes=lambda report: [_ov_precision_note(report.runtime_info)],
