@@ -102,6 +102,23 @@ CLI_CASES = [
     Case("cli/resume-code-carrying-checkpoint", "cli", "--resume from a checkpoint that carries code (refused, not run)",
          ("distill", S, "--resume", "--out", "{tmp}/evil_run"), "only tensors and plain data are accepted",
          "{tmp}/evil_run/checkpoints/last.pt"),
+    Case("ablate/unknown-method", "cli", "ablate: a method that is not a distill.method",
+         ("ablate", S, "--methods", "bsm,fopr", "--out", "{tmp}/ablation"), "'fopr' is not a distill.method", "--methods"),
+    Case("ablate/seed-not-an-integer", "cli", "ablate: a seed that is not an integer",
+         ("ablate", S, "--seeds", "0,one", "--out", "{tmp}/ablation"), "'one' is not an integer", "--seeds"),
+    Case("ablate/baseline-not-listed", "cli", "ablate: a baseline that is not among the methods",
+         ("ablate", S, "--methods", "ce,fopro", "--out", "{tmp}/ablation"), "'bsm' is not among --methods", "--baseline"),
+    Case("ablate/set-per-cell-key", "cli", "ablate: --set of a key every cell sets itself",
+         ("ablate", S, "--set", "seed=3", "--out", "{tmp}/ablation"), "is set per cell by --methods/--seeds", "--set"),
+    Case("ablate/report-only-unfinished", "cli", "ablate --report-only before the cells are finished",
+         ("ablate", S, "--methods", "ce,bsm", "--seeds", "0", "--report-only", "--out", "{tmp}/ablation"),
+         "cell(s) not finished", "--out"),
+    Case("ablate/unknown-device", "cli", "ablate: unknown --device", ("ablate", S, "--device", "tpu"),
+         "unknown device 'tpu'", "--device"),
+    Case("probe/unknown-device", "cli", "probe: unknown --device", ("probe", S, "--device", "tpu"),
+         "unknown device 'tpu'", "--device"),
+    Case("probe/out-holds-a-check", "cli", "probe: --out already holds a teacher check",
+         ("probe", S, "--out", "{tmp}/probed"), "already holds a teacher check", "--out"),
 ]
 
 R = "{run}"
@@ -358,6 +375,8 @@ def env(tmp_path_factory) -> dict[str, Path]:
     for name, content in (("held_run", b"\0" * 64), ("corrupt_run", b"this is not a checkpoint\n")):
         (tmp / name / "checkpoints").mkdir(parents=True)
         (tmp / name / "checkpoints" / "last.pt").write_bytes(content)
+    (tmp / "probed" / "student-bsm" / "checkpoints").mkdir(parents=True)
+    (tmp / "probed" / "student-bsm" / "checkpoints" / "last.pt").write_bytes(b"\0" * 64)
     (tmp / "evil_run" / "checkpoints").mkdir(parents=True)
     torch.save({"format": "fopro-edge-checkpoint/1", "net": _Evil(tmp / "pwned")}, tmp / "evil_run" / "checkpoints" / "last.pt")
     _make_data(tmp)
