@@ -71,12 +71,12 @@ def markdown(rows: list[dict], machine: str, command: str) -> str:
              "|Δlogit|: mean and largest absolute logit difference; flips: predictions changed (decisive: the FP32 "
              "top-2 probability gap was at least `check.close_call_gap`); rare r→w: rare images right → wrong; "
              "drop: balanced-accuracy drop on the confirmation split, points.", "",
-             "| recipe | seed | NNCF recipe | gate | mean |Δlogit| | max |Δlogit| | flips (decisive) | rare r→w | confirmation drop |",
+             "| run | seed | NNCF recipe | gate | mean |Δlogit| | max |Δlogit| | flips (decisive) | rare r→w | confirmation drop |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         p = pooled(r)
         drop = "–" if p["confirm_drop"] is None else f"{100 * p['confirm_drop']:+.2f}"
-        lines.append(f"| {r['recipe']} | {r['seed']} | {r['nncf']} | {r['status']} | {p['mean_abs']:.3f} | "
+        lines.append(f"| {r['run']} | {r['seed']} | {r['nncf']} | {r['status']} | {p['mean_abs']:.3f} | "
                      f"{p['max_abs']:.1f} | {p['flips']} ({p['decisive']}) | {p['rare_rw']} | {drop} |")
     lines += ["", "| recipe | NNCF recipe | passed | mean |Δlogit| (mean over runs) | flips, all runs (decisive) | "
                   "rare r→w, all runs | confirmation drop mean / max |", "|---|---|---:|---:|---:|---:|---:|"]
