@@ -101,11 +101,9 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="read exports already in --work instead of redoing them")
     args = ap.parse_args()
 
-    from fopro_edge.deploy.cpu_target import this_cpu
-    from fopro_edge.envinfo import collect_env
+    from fopro_edge.envinfo import collect_env, machine_line
 
-    cpu = collect_env()["cpu"]
-    machine = f"{cpu.get('model') or 'unknown CPU'}, {cpu.get('logical_cores')} logical cores, CPU class {this_cpu()}"
+    machine = machine_line()
     recipes = dict(RECIPES)
     if args.recipe:
         recipes = {}
@@ -128,7 +126,7 @@ def main() -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(
-            {"machine": machine, "command": command, "recipes": recipes, "rows": rows}, indent=1) + "\n")
+            {"machine": machine, "env": collect_env(), "command": command, "recipes": recipes, "rows": rows}, indent=1) + "\n")
         args.out.with_suffix(".md").write_text(md)
     return 0
 

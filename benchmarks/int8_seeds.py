@@ -140,21 +140,19 @@ def main() -> int:
     ap.add_argument("--command", default="", help="the command that made the runs, for the report")
     args = ap.parse_args()
 
-    from fopro_edge.deploy.cpu_target import this_cpu
-    from fopro_edge.envinfo import collect_env
+    from fopro_edge.envinfo import collect_env, machine_line
 
     rows = [r for run in args.runs for r in rows_of(run)]
     if not rows:
         print("no INT8 export step in the given runs", file=sys.stderr)
         return 2
     sums = summaries(rows)
-    env = collect_env()
-    machine = f"{env['cpu'].get('model') or 'unknown CPU'}, {env['cpu'].get('logical_cores')} logical cores, CPU class {this_cpu()}"
+    machine = machine_line()
     text = markdown(rows, sums, machine, args.command)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "env": env, "command": args.command,
+        args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "env": collect_env(), "command": args.command,
                                                             "rows": rows, "summaries": sums}, indent=1))
         args.out.with_suffix(".md").write_text(text)
     return 0

@@ -211,3 +211,11 @@ def collect_env(*, runtimes: bool = False) -> dict[str, Any]:
         env["openvino"] = openvino_info()
         env["tensorrt"] = tensorrt_info()
     return env
+
+
+def machine_line() -> str:
+    """One line for a benchmark header: CPU model, logical cores and INT8 CPU class (avx2, vnni, ...)."""
+    from fopro_edge.deploy.cpu_target import this_cpu
+
+    cpu = cpu_info()
+    return f"{cpu.get('model') or 'unknown CPU'}, {cpu.get('logical_cores')} logical cores, CPU class {this_cpu()}"
