@@ -27,14 +27,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# name -> NNCFSettings fields; each keeps some ops of MobileNet-style blocks in float
+# name -> NNCFSettings fields, on NNCF's own defaults (performance preset, its activation ranges);
+# most keep some ops of MobileNet-style blocks in float
+NNCF_DEFAULTS: dict[str, Any] = {"preset": "performance", "range_estimator": "default"}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default (performance preset)": {},
-    "mixed preset": {"preset": "mixed"},
-    "SE multiply in float": {"ignored_types": ("Multiply",)},
-    "SE pooling in float": {"ignored_types": ("ReduceMean",)},
-    "SE pooling + multiply in float": {"ignored_types": ("ReduceMean", "Multiply")},
-    "stem conv in float": {"ignored_patterns": ("/backbone/conv_stem/.*",)},
+    "default (performance preset)": NNCF_DEFAULTS,
+    "mixed preset": {**NNCF_DEFAULTS, "preset": "mixed"},
+    "mixed preset, minmax ranges (the export's default)": {"preset": "mixed", "range_estimator": "minmax"},
+    "SE multiply in float": {**NNCF_DEFAULTS, "ignored_types": ("Multiply",)},
+    "SE pooling in float": {**NNCF_DEFAULTS, "ignored_types": ("ReduceMean",)},
+    "SE pooling + multiply in float": {**NNCF_DEFAULTS, "ignored_types": ("ReduceMean", "Multiply")},
+    "stem conv in float": {**NNCF_DEFAULTS, "ignored_patterns": ("/backbone/conv_stem/.*",)},
 }
 # runtime settings: label -> compile properties on top of the latency hint (every variant gets the
 # first two; the default variant gets all of them)
