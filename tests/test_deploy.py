@@ -117,6 +117,30 @@ def test_gate_balanced_accuracy_drop_names_the_classes_that_fell():
     assert r.balanced_accuracy_drop == pytest.approx(0.075)
 
 
+def test_a_failed_confirmation_is_named_in_the_error_and_the_summary(tmp_path):
+    from fopro_edge.deploy.pipeline import ExportResult, StepResult, format_summary
+    from fopro_edge.errors import GateFailedError
+
+    labels = np.repeat(np.arange(4), 10)
+    lost = labels.copy()
+    lost[:3] = 1  # three head images lost: balanced accuracy -7.5 points
+    check = P.GateConfig(max_balanced_accuracy_drop=0.05)
+    selection = evaluate_gate(labels, _logits(labels), _logits(labels), NAMES, RARE, check, split="val")
+    confirmation = evaluate_gate(labels, _logits(labels), _logits(lost), NAMES, RARE, check, split="test")
+    step = StepResult("int8", "ONNX Runtime INT8", "FAILED", tmp_path, gate=selection, confirmation=confirmation)
+    result = ExportResult("onnxruntime", "int8", tmp_path, tmp_path / "best.pt", "0" * 64, (step,), {})
+    with pytest.raises(GateFailedError) as e:
+        result.raise_for_gate()
+    assert "at step 'int8' (ONNX Runtime INT8) on its confirmation (test split, passed on val): failing classes: head" in str(e.value)
+    assert "--set quantization.method=qat" in str(e.value)
+    table = format_summary(result)
+    assert [ln.split()[:2] + ln.split()[-1:] for ln in table.splitlines()[2:]] == [["int8", "(val)", "PASS"], ["int8", "(test)", "FAIL"]]
+    one = replace(step, confirmation=None, gate=confirmation)  # failed on the selection split: no hint
+    with pytest.raises(GateFailedError) as e:
+        replace(result, steps=(one,)).raise_for_gate()
+    assert "on its confirmation" not in str(e.value) and "quantization.method" not in str(e.value)
+
+
 def test_gate_class_without_images_is_unchecked_and_a_missing_rare_class_fails():
     labels = np.array([0, 1, 2, 2])
     r = evaluate_gate(labels, _logits(labels), _logits(labels), NAMES, RARE, P.GateConfig(allow_missing_rare=True))

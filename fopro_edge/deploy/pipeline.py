@@ -115,25 +115,35 @@ class ExportResult:
         classes = ", ".join(g.failing_classes) if g and g.failing_classes else "(a global threshold)"
         why = g.reasons[0] if g and g.reasons else "see the check report"
         where = s.artifact.path if s.artifact else s.directory
+        confirming = g is not None and g is s.confirmation
         raise GateFailedError(
-            f"rare-class gate FAILED at step '{s.name}' ({s.title}): failing classes: {classes}; {why}. "
-            f"Artifact kept, marked FAILED: {where}; report: {s.directory / 'check.md'}"
+            f"rare-class gate FAILED at step '{s.name}' ({s.title})"
+            + (f" on its confirmation ({g.split} split, passed on {s.gate.split})" if confirming and s.gate else "")
+            + f": failing classes: {classes}; {why}. "
+            + ("No other try can be chosen on these images: re-export with --set quantization.method=qat, or check "
+               "on larger splits. " if confirming else "")
+            + f"Artifact kept, marked FAILED: {where}; report: {s.directory / 'check.md'}"
         )
 
     def summary_rows(self) -> list[dict[str, str]]:
+        """One row per step; a step confirmed on a second split gets a row per split."""
         rows = []
         for s in self.steps:
-            g = s.gate
-            rows.append({
-                "step": s.name,
-                "artifact": _rel(s.artifact.path, self.out_dir) if s.artifact else "-",
-                "size": f"{s.artifact.size_mib:.2f} MiB" if s.artifact else "-",
-                "parity": f"{g.parity.max_abs_logit_diff:.2g}" if g else "-",
-                "bal_acc": f"{100 * g.reference.balanced_accuracy:.1f}->{100 * g.candidate.balanced_accuracy:.1f}" if g else "-",
-                "rare_recall": (f"{_pct(g.reference.rare_recall)}->{_pct(g.candidate.rare_recall)}" if g else "-"),
-                "flips": f"{g.flips.total} (rare r->w {g.flips.rare_text()})" if g else "-",
-                "status": {PASSED: "PASS", FAILED: "FAIL"}.get(s.status, s.status),
-            })
+            status = {PASSED: "PASS", FAILED: "FAIL"}.get(s.status, s.status)
+            checks = [(s.name, s.gate)]
+            if s.confirmation is not None and s.gate is not None:
+                checks = [(f"{s.name} ({s.gate.split})", s.gate), (f"{s.name} ({s.confirmation.split})", s.confirmation)]
+            for name, g in checks:
+                rows.append({
+                    "step": name,
+                    "artifact": _rel(s.artifact.path, self.out_dir) if s.artifact else "-",
+                    "size": f"{s.artifact.size_mib:.2f} MiB" if s.artifact else "-",
+                    "parity": f"{g.parity.max_abs_logit_diff:.2g}" if g else "-",
+                    "bal_acc": f"{100 * g.reference.balanced_accuracy:.1f}->{100 * g.candidate.balanced_accuracy:.1f}" if g else "-",
+                    "rare_recall": (f"{_pct(g.reference.rare_recall)}->{_pct(g.candidate.rare_recall)}" if g else "-"),
+                    "flips": f"{g.flips.total} (rare r->w {g.flips.rare_text()})" if g else "-",
+                    "status": ("PASS" if g.passed else "FAIL") if len(checks) > 1 else status,
+                })
         return rows
 
     @classmethod
