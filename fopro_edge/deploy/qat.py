@@ -337,6 +337,8 @@ def qat_distill(
     history: list[QATStep] = []
     best_score = evaluate()
     history.append(QATStep(0, float("nan"), *best_score))
+    log.info("QAT step 0 (the quantized start): selection: rare losses %d (close calls lost %d), decisive flips %d, "
+             "bal. acc %.4f", *best_score)
     best_state, best_step, stale, step, running = copy.deepcopy(model.state_dict()), 0, 0, 0, 0.0
     T = config.temperature
     model.train()
