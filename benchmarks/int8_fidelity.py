@@ -43,7 +43,7 @@ def row(run: Path, name: str, out: Path) -> dict:
     recipe = load_recipe(run / "recipe.yaml", check_paths=False, saved=True)
     result = read_export(out / "export.json")
     step = next(s for s in result.steps if s.artifact is not None and s.artifact.precision == "int8")
-    r = {"recipe": recipe.name, "seed": recipe.seed, "run": run.name, "nncf": name, "status": step.status}
+    r = {"recipe": recipe.name, "seed": recipe.seed, "run": run.name, "nncf": name}
     for key, g in (("select", step.gate), ("confirm", step.confirmation)):
         r[key] = None if g is None else {
             "split": g.split, "images": g.num_images,
@@ -71,21 +71,20 @@ def markdown(rows: list[dict], machine: str, command: str) -> str:
              "|Δlogit|: mean and largest absolute logit difference; flips: predictions changed (decisive: the FP32 "
              "top-2 probability gap was at least `check.close_call_gap`); rare r→w: rare images right → wrong; "
              "drop: balanced-accuracy drop on the confirmation split, points.", "",
-             "| run | seed | NNCF recipe | gate | mean |Δlogit| | max |Δlogit| | flips (decisive) | rare r→w | confirmation drop |",
-             "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+             "| run | seed | NNCF recipe | mean |Δlogit| | max |Δlogit| | flips (decisive) | rare r→w | confirmation drop |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         p = pooled(r)
         drop = "–" if p["confirm_drop"] is None else f"{100 * p['confirm_drop']:+.2f}"
-        lines.append(f"| {r['run']} | {r['seed']} | {r['nncf']} | {r['status']} | {p['mean_abs']:.3f} | "
+        lines.append(f"| {r['run']} | {r['seed']} | {r['nncf']} | {p['mean_abs']:.3f} | "
                      f"{p['max_abs']:.1f} | {p['flips']} ({p['decisive']}) | {p['rare_rw']} | {drop} |")
-    lines += ["", "| recipe | NNCF recipe | passed | mean |Δlogit| (mean over runs) | flips, all runs (decisive) | "
-                  "rare r→w, all runs | confirmation drop mean / max |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| recipe | NNCF recipe | mean |Δlogit| (mean over runs) | flips, all runs (decisive) | "
+                  "rare r→w, all runs | confirmation drop mean / max |", "|---|---|---:|---:|---:|---:|"]
     for key in dict.fromkeys((r["recipe"], r["nncf"]) for r in rows):
         rs = [r for r in rows if (r["recipe"], r["nncf"]) == key]
         ps = [pooled(r) for r in rs]
         drops = [100 * p["confirm_drop"] for p in ps if p["confirm_drop"] is not None]
-        lines.append(f"| {key[0]} | {key[1]} | {sum(r['status'] == 'PASSED' for r in rs)}/{len(rs)} | "
-                     f"{statistics.fmean(p['mean_abs'] for p in ps):.3f} | {sum(p['flips'] for p in ps)} "
+        lines.append(f"| {key[0]} | {key[1]} | {statistics.fmean(p['mean_abs'] for p in ps):.3f} | {sum(p['flips'] for p in ps)} "
                      f"({sum(p['decisive'] for p in ps)}) | {sum(p['rare_rw'] for p in ps)} | "
                      f"{statistics.fmean(drops):+.2f} / {max(drops):+.2f} |")
     return "\n".join(lines) + "\n"
@@ -118,7 +117,7 @@ def main() -> int:
             if not (args.reuse and (out / "export.json").is_file()):
                 export(run, recipe, out)
             rows.append(row(run, name, out))
-            print(f"{run.name} {name}: {rows[-1]['status']} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"{run.name} {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     command = " ".join(["python benchmarks/int8_fidelity.py", *(r.name for r in args.runs),
                         *(f"--recipe {spec}" for spec in args.recipe)])
     md = markdown(rows, machine, command)

@@ -4,7 +4,6 @@ paired bootstrap intervals, resolution notes and the per-class sign test. Pure n
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -119,55 +118,21 @@ def test_flip_rate_above_five_percent_fails():
     assert _gate(*_wrong_to_other_wrong(6), NAMES10, ["c9"], GateConfig(max_flip_rate=None)).passed
 
 
-# --------------------------------------------------------------------------- close calls in balanced accuracy
-
-
-def _close_call_set(shifts: np.ndarray):
-    """120 images, 12 per class, all right. Images 0, 12, ..., 132 step 12 of classes 0..9 and two
-    more are close calls: the true class at 5.0 against a runner-up at 4.9 (the first three) or 4.2.
-    ``shifts``: the candidate's change of each close call's true-class logit."""
+def test_balanced_accuracy_counts_close_calls_even_when_the_margins_do_not_erode():
+    """A weak student has many close calls; an artifact that tips three of them and moves nine others up
+    changes no decisive prediction and erodes nothing on average, yet costs 2.5 points of balanced
+    accuracy. That limit counts every image, so it still fails."""
     labels = np.repeat(np.arange(10), 12)
     ref = _logits(labels, 10)
-    close = np.r_[np.arange(0, 120, 12), 1, 13]
-    runner_up = (labels[close] + 1) % 10
-    ref[close, runner_up] = np.where(np.arange(12) < 3, 4.9, 4.2)
+    close = np.r_[np.arange(0, 120, 12), 1, 13]  # one close call per class, two more in classes 0 and 1
+    ref[close, (labels[close] + 1) % 10] = np.where(np.arange(12) < 3, 4.9, 4.2)  # runner-up near the label's 5.0
     new = ref.copy()
-    new[close, labels[close]] += shifts
-    return labels, ref, new
-
-
-# three close calls of three classes tip over (each loses 0.5): 2.5 points of balanced accuracy
-LOST3 = np.r_[[-0.5] * 3, [0.0] * 9]
-RARE_ASIDE = GateConfig(max_rare_right_to_wrong=10, max_rare_recall_drop=1.0, max_class_recall_drop=None)
-
-
-def test_close_calls_tipped_by_noise_do_not_count_in_balanced_accuracy():
-    labels, ref, new = _close_call_set(LOST3 + np.r_[[0.0] * 3, [0.5] * 9])  # the other nine move up
-    r = evaluate_gate(labels, ref, new, NAMES10, ["c0"], RARE_ASIDE)
-    assert r.balanced_accuracy_drop == pytest.approx(0.025) and r.judged_balanced_accuracy_drop == pytest.approx(0.0)
-    assert r.close_call_margin_shift.images == 12 and r.close_call_margin_shift.interval.low > -0.1
-    assert r.passed and r.flips.close_calls == 3
-    assert "no systematic erosion: the balanced-accuracy limit judged the decisive images, drop 0.00 pt" in r.to_markdown()
-
-
-def test_close_calls_count_in_balanced_accuracy_when_they_erode():
-    labels, ref, new = _close_call_set(np.full(12, -0.5))  # every close call loses half a logit; three tip
-    r = evaluate_gate(labels, ref, new, NAMES10, ["c0"], RARE_ASIDE)
-    assert r.close_call_margin_shift.interval.high < 0 and r.judged_balanced_accuracy_drop == pytest.approx(0.025)
-    assert not r.passed and r.reasons[0].startswith("balanced accuracy 1.0000 -> 0.9750 (drop 0.0250 > 0.02)")
-    assert r.failing_classes == ("c0", "c1", "c2")
-    # without an interval nothing says the close calls are noise: they count
-    labels, ref, new = _close_call_set(LOST3 + np.r_[[0.0] * 3, [0.5] * 9])
-    assert not evaluate_gate(labels, ref, new, NAMES10, ["c0"], replace(RARE_ASIDE, bootstrap=0)).passed
-
-
-def test_decisive_losses_count_in_balanced_accuracy_whatever_the_close_calls_do():
-    labels, ref, new = _close_call_set(np.r_[[0.0] * 3, [0.5] * 9])
-    for k in (3, 4, 5):  # three clear images of three classes lost
-        new[12 * k + 5] = _logits(np.array([(k + 1) % 10]), 10)[0]
-    r = evaluate_gate(labels, ref, new, NAMES10, ["c0"], RARE_ASIDE)
-    assert not r.passed and r.judged_balanced_accuracy_drop == pytest.approx(0.025)
-    assert "on decisive images" in r.reasons[0] and r.failing_classes == ("c3", "c4", "c5")
+    new[close, labels[close]] += np.r_[[-0.5] * 3, [0.0] * 3, [0.5] * 6]  # three tip over, six move up
+    lenient = GateConfig(max_rare_right_to_wrong=10, max_rare_recall_drop=1.0, max_class_recall_drop=None)
+    r = evaluate_gate(labels, ref, new, NAMES10, ["c0"], lenient)
+    assert r.flips.close_calls == 3 and r.flips.decisive_rate(120) == 0.0
+    assert not r.rare_margin_shift.eroded
+    assert not r.passed and r.reasons == ("balanced accuracy 1.0000 -> 0.9750 (drop 0.0250 > 0.02); recall fell for 'c0', 'c1', 'c2'",)
 
 
 # --------------------------------------------------------------------------- bootstrap intervals
