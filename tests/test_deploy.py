@@ -3,6 +3,7 @@ QDQ rules, the trtexec command and the repair plan. No trained model needed."""
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from dataclasses import replace
@@ -465,6 +466,32 @@ def test_qat_early_stop_scores_rare_losses_as_the_gate_counts_them():
     new[rare, labels[rare]] -= 0.5  # the rare margins erode: the lost close call counts
     assert _score(labels, ref, new, [2, 3], 4, close, check)[:3] == (1, 1, 0)
     assert evaluate_gate(labels, ref, new, NAMES, RARE, check).flips.rare_losses == 1
+
+
+def test_qat_returns_a_clean_start_untrained_and_trains_one_that_is_not():
+    import torch
+
+    from fopro_edge.data import ImageList
+    from fopro_edge.deploy.qat import qat_distill
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    names = tuple(NAMES)
+    train = ImageList(rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), np.arange(16) % 4, names)
+    images = rng.random((12, 3, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        reference = student(torch.from_numpy(images)).numpy()
+    labels = reference.argmax(1)
+    config = P.QATConfig(steps=4, batch_size=4, eval_every=2, patience=1, device="cpu")
+    kw = dict(image_size=8, config=config, select_images=images, select_labels=labels, rare_ids=[2, 3],
+              check=P.GateConfig(close_call_gap=0.0))
+    clean = qat_distill(student, copy.deepcopy(student), train, select_reference=reference, **kw)
+    assert (clean.steps, clean.best_step, len(clean.history)) == (0, 0, 1)  # nothing to fix: not trained
+    shifted = reference.copy()
+    shifted[np.arange(12), labels] -= 100.0  # the start now changes every decisive prediction
+    trained = qat_distill(student, copy.deepcopy(student), train, select_reference=shifted, **kw)
+    assert trained.steps > 0 and len(trained.history) > 1
 
 
 def _outcome(passed: bool, rare_rw: int, flips: int, close_calls: int = 0, gained: int = 0):
