@@ -284,6 +284,33 @@ def margin_shift(
     return MarginShift(images=len(idx), mean=float(delta.mean()), interval=interval, scale=scale)
 
 
+def count_flips(labels: np.ndarray, reference_logits: np.ndarray, logits: np.ndarray, is_rare: np.ndarray,
+                close: np.ndarray, thresholds: GateConfig) -> tuple[Flips, MarginShift | None]:
+    """The changed predictions as the gate counts them, with the rare margin shift that decides
+    whether lost rare close calls count (module docstring)."""
+    ref_pred, pred = reference_logits.argmax(1), logits.argmax(1)
+    ref_ok, ok = ref_pred == labels, pred == labels
+    changed = ref_pred != pred
+    r2w, w2r = ref_ok & ~ok, ~ref_ok & ok
+    shift = margin_shift(labels, reference_logits, logits, is_rare, resamples=thresholds.bootstrap,
+                         confidence=thresholds.confidence)
+    flips = Flips(
+        total=int(changed.sum()),
+        right_to_wrong=int(r2w.sum()),
+        wrong_to_right=int(w2r.sum()),
+        other=int((changed & ~ref_ok & ~ok).sum()),
+        rare_total=int((changed & is_rare).sum()),
+        rare_right_to_wrong=int((r2w & is_rare).sum()),
+        rare_wrong_to_right=int((w2r & is_rare).sum()),
+        rare_close_calls=int((r2w & is_rare & close).sum()),
+        rare_close_calls_gained=int((w2r & is_rare & close).sum()),
+        rare_eroded=shift is None or shift.eroded,
+        close_calls=int((changed & close).sum()),
+        close_call_images=int(close.sum()),
+    )
+    return flips, shift
+
+
 def close_calls(reference_logits: np.ndarray, gap: float) -> np.ndarray:
     """Images whose two most probable reference classes are less than ``gap`` apart (module docstring)."""
     z = np.asarray(reference_logits, np.float64)
@@ -425,28 +452,12 @@ def evaluate_gate(
 
     ref_pred, pred = reference_logits.argmax(1), logits.argmax(1)
     ref_ok, ok = ref_pred == labels, pred == labels
-    changed = ref_pred != pred
     r2w_mask, w2r_mask = ref_ok & ~ok, ~ref_ok & ok
     is_rare = np.isin(labels, list(rare_set)) if rare_set else np.zeros(len(labels), bool)
     gaps = reference_gaps(labels, reference_logits) if len(labels) else np.zeros(0)
     close = close_calls(reference_logits, thresholds.close_call_gap)
     lost = np.flatnonzero(r2w_mask & is_rare)
-    shift = margin_shift(labels, reference_logits, logits, is_rare, resamples=thresholds.bootstrap,
-                         confidence=thresholds.confidence)
-    flips = Flips(
-        total=int(changed.sum()),
-        right_to_wrong=int(r2w_mask.sum()),
-        wrong_to_right=int(w2r_mask.sum()),
-        other=int((changed & ~ref_ok & ~ok).sum()),
-        rare_total=int((changed & is_rare).sum()),
-        rare_right_to_wrong=int((r2w_mask & is_rare).sum()),
-        rare_wrong_to_right=int((w2r_mask & is_rare).sum()),
-        rare_close_calls=int(close[lost].sum()),
-        rare_close_calls_gained=int((w2r_mask & is_rare & close).sum()),
-        rare_eroded=shift is None or shift.eroded,
-        close_calls=int((changed & close).sum()),
-        close_call_images=int(close.sum()),
-    )
+    flips, shift = count_flips(labels, reference_logits, logits, is_rare, close, thresholds)
     ref_rec, rec = recalls(labels, ref_pred, num_classes), recalls(labels, pred, num_classes)
     support = np.bincount(labels, minlength=num_classes)
     r2w = np.bincount(labels[r2w_mask], minlength=num_classes)

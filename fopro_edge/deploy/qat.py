@@ -248,18 +248,11 @@ def _score(labels: np.ndarray, reference: np.ndarray, logits: np.ndarray, rare_i
            close: np.ndarray, check: Any) -> tuple:
     """(rare losses as the gate counts them, rare close calls lost, changed decisive predictions,
     balanced accuracy); ``check``: the gate's thresholds (``GateConfig``)."""
-    from fopro_edge.deploy.gate import margin_shift, scores
+    from fopro_edge.deploy.gate import count_flips, scores
 
-    ref_pred, pred = reference.argmax(1), logits.argmax(1)
-    rare = np.isin(labels, rare_ids)
-    lost = (ref_pred == labels) & (pred != labels) & rare
-    gained = (ref_pred != labels) & (pred == labels) & rare & close
-    clear, close_lost = int((lost & ~close).sum()), int((lost & close).sum())
-    shift = margin_shift(labels, reference, logits, rare, resamples=check.bootstrap, confidence=check.confidence)
-    drift = max(0, close_lost - int(gained.sum())) if shift is None or shift.eroded else 0
-    flips = int(((ref_pred != pred) & ~close).sum())
-    bacc = scores(labels, pred, num_classes, rare_ids).balanced_accuracy
-    return clear + drift, close_lost, flips, bacc
+    f, _ = count_flips(labels, reference, logits, np.isin(labels, rare_ids), close, check)
+    bacc = scores(labels, logits.argmax(1), num_classes, rare_ids).balanced_accuracy
+    return f.rare_losses, f.rare_close_calls, f.total - f.close_calls, bacc
 
 
 def qat_kd_loss(s_logits: Any, t_logits: Any, labels: Any, bsm: Any, *, temperature: float, bsm_weight: float) -> Any:
