@@ -15,6 +15,7 @@ from the QDQ ONNX, say). This module imports numpy, the gate and the runners onl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,6 +47,15 @@ class SplitData:
     labels: np.ndarray
     reference: np.ndarray
 
+    def fingerprint(self) -> str:
+        """sha256 of the split's name and arrays: equal fingerprints, equal files."""
+        h = hashlib.sha256(self.split.encode())
+        for a in (np.ascontiguousarray(self.images, np.float32), np.ascontiguousarray(self.labels, np.int64),
+                  np.ascontiguousarray(self.reference, np.float32)):
+            h.update(str(a.shape).encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()
+
 
 def write_bundle(
     step_dir: Path,
@@ -64,18 +74,23 @@ def write_bundle(
     confirmation: SplitData | None,
     reports: Mapping[str, GateReport | None],
     runtime_options: Mapping[str, Any] | None = None,
-    shared: Path | None = None,
+    written: dict[str, Path] | None = None,
 ) -> Path:
-    """Write ``step_dir/verify-bundle``. ``shared``: a folder holding the same split files already
-    (hard-linked when possible, so steps of one export share the bytes)."""
+    """Write ``step_dir/verify-bundle``. ``written``: split files written earlier, by fingerprint
+    (:meth:`SplitData.fingerprint`); a split with the same content is hard-linked to its file when
+    possible, so steps of one export share the bytes. New files are added to it."""
     d = step_dir / BUNDLE_DIR
     d.mkdir(parents=True, exist_ok=True)
     files: dict[str, Any] = {}
     for role, data in (("selection", selection), ("confirmation", confirmation)):
-        if data is None:
-            continue
         path = d / f"{role}.npz"
-        _write_split(path, data, shared / path.name if shared else None)
+        if data is None:
+            path.unlink(missing_ok=True)  # left by an earlier export into this folder
+            continue
+        key = data.fingerprint()
+        _write_split(path, data, (written or {}).get(key))
+        if written is not None:
+            written.setdefault(key, path)
         files[role] = {"file": path.name, "split": data.split, "images": int(len(data.labels)),
                        "sha256": sha256_files([path])}
     manifest = {
@@ -96,13 +111,14 @@ def write_bundle(
     return d
 
 
-def _write_split(path: Path, data: SplitData, shared: Path | None) -> None:
-    if shared is not None and shared.is_file():
+def _write_split(path: Path, data: SplitData, same: Path | None) -> None:
+    """``path`` holding ``data``: a link to (or copy of) ``same``, a file of equal content, if given."""
+    if same is not None and same.is_file() and same.resolve() != path.resolve():
         path.unlink(missing_ok=True)
         try:
-            os.link(shared, path)
+            os.link(same, path)
         except OSError:
-            shutil.copyfile(shared, path)
+            shutil.copyfile(same, path)
         return
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez_compressed(tmp, images=np.ascontiguousarray(data.images, np.float32),

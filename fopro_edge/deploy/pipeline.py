@@ -283,7 +283,7 @@ class ExportContext:
         self._cal_cache: dict[int, tuple[CalibrationSet, np.ndarray]] = {}
         self._confirm: tuple[str, CheckImages, np.ndarray] | None = None
         self.base_calibration: CalibrationSet | None = None
-        self._bundle_shared: Path | None = None  # the first verify bundle: later ones hard-link its data
+        self._bundle_files: dict[str, Path] = {}  # verify-bundle split files by content, for later steps to link
 
     # -- the split for the one confirmation of a kept artifact (None: off or empty)
     @property
@@ -406,7 +406,7 @@ class ExportContext:
             split, check, ref = self._confirm
             confirmation = SplitData(split, np.concatenate(list(check.batches())), check.labels, ref)
         s = self.student
-        written = write_bundle(
+        write_bundle(
             d, step=step.name, target=self.target, artifact=step.artifact.path, artifact_sha256=step.artifact.sha256,
             precision=step.artifact.precision, artifact_files=step.artifact.files, class_names=self.class_names,
             rare_classes=self.rare,
@@ -415,10 +415,8 @@ class ExportContext:
             selection=selection, confirmation=confirmation,
             reports={"selection": step.gate, "confirmation": step.confirmation},
             runtime_options={"inference_precision": getattr(self.profile, "inference_precision", "f32")},
-            shared=self._bundle_shared,
+            written=self._bundle_files,
         )
-        if self._bundle_shared is None:
-            self._bundle_shared = written
 
 
 # --------------------------------------------------------------------------- steps

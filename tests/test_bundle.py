@@ -1,0 +1,40 @@
+"""The verify bundle's split files: shared between steps by content, never by name."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fopro_edge.deploy.bundle import SplitData, write_bundle
+from fopro_edge.deploy.profiles import GateConfig
+
+
+def _split(name: str, seed: int) -> SplitData:
+    rng = np.random.default_rng(seed)
+    return SplitData(name, rng.random((4, 3, 8, 8), dtype=np.float32), np.arange(4), rng.standard_normal((4, 3)).astype(np.float32))
+
+
+def _write(step_dir, selection, confirmation, written):
+    artifact = step_dir / "model.onnx"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    artifact.write_bytes(b"x")
+    return write_bundle(step_dir, step=step_dir.name, target="toy", artifact=artifact, artifact_sha256="0", precision="fp32",
+                        class_names=["a", "b", "c"], rare_classes=["c"], thresholds=GateConfig(), preprocessing={},
+                        selection=selection, confirmation=confirmation, reports={}, written=written)
+
+
+def test_steps_share_split_files_of_equal_content_only_and_drop_a_stale_confirmation(tmp_path):
+    written: dict = {}
+    sel, conf = _split("val", 0), _split("test", 1)
+    a = _write(tmp_path / "a", sel, conf, written)
+    # same selection; a confirmation with other reference logits (another student, same images)
+    other = SplitData("test", conf.images, conf.labels, conf.reference + 1.0)
+    b = _write(tmp_path / "b", SplitData("val", sel.images.copy(), sel.labels.copy(), sel.reference.copy()), other, written)
+    assert (b / "selection.npz").read_bytes() == (a / "selection.npz").read_bytes()
+    with np.load(b / "confirmation.npz") as f:
+        np.testing.assert_array_equal(f["reference"], other.reference)  # not linked to a's file of the same name
+    with np.load(a / "confirmation.npz") as f:
+        np.testing.assert_array_equal(f["reference"], conf.reference)
+    # a later export into a's folder without a confirmation leaves no confirmation file behind
+    _write(tmp_path / "a", sel, None, {})
+    assert not (a / "confirmation.npz").exists() and (a / "selection.npz").is_file()
+    assert sel.fingerprint() != SplitData("test", sel.images, sel.labels, sel.reference).fingerprint()
