@@ -334,3 +334,32 @@ def test_end_to_end_two_methods_one_seed(tmp_path):
     assert (out / "ce-seed0" / "metrics" / "metrics.json").stat().st_mtime_ns == stamp
     only = _ablate(*args[:-3], "--report-only")
     assert only.exit_code == 0, only.output
+
+
+def test_the_report_says_what_the_prompt_and_akd_did_in_the_cells_that_have_them(tmp_path):
+    plan = _ladder(tmp_path)
+    assert "What the Fourier prompt" not in render_markdown(aggregate(plan, resamples=0, env=ENV))
+    rd = Cell("fopro", 1, plan.out).run_dir
+    diff = {"mean": 0.04, "t_interval": [0.004, 0.076], "bootstrap_interval": [-0.014, 0.092]}
+    rd.explore_json.write_text(json.dumps({
+        "lr": 0.003, "steps": 100, "verdict": "…",
+        "probe": {"seeds": 5, "clean": {"balanced_accuracy": 0.724, "few_recall": 0.614},
+                  "prompted": {"balanced_accuracy": 0.731, "few_recall": 0.654},
+                  "difference": {"balanced_accuracy": {**diff, "mean": 0.006, "t_interval": [-0.01, 0.023]}, "few_recall": diff}},
+        "gain": {"min": 0.734, "max": 1.278, "mean_abs_log_gain": 0.118, "plot": "explore.png"},
+    }))
+    adv = [[2.0, 1.0], [0.7, 0.5]]  # two epochs with AKD steps
+    rd.history.write_text("".join(json.dumps({"epoch": e + 1, "train": {"epoch_seconds": 1.5},
+                                              "akd_steps": [{"step": 4 * (2 * e + i), "adv": a} for i, a in enumerate(steps)]}) + "\n"
+                                  for e, steps in enumerate(adv)))
+    r = aggregate(plan, resamples=0, env=ENV)
+    (cell,) = [c for c in r.cells if c.method == "fopro" and c.seed == 1]
+    assert cell.akd.steps == 4 and (cell.akd.first, cell.akd.first_epoch_mean, cell.akd.last_epoch_mean) == (2.0, 1.5, 0.6)
+    assert cell.explore.probe.difference.few_recall.t_interval == (0.004, 0.076) and cell.train_seconds == 3.0
+    md = render_markdown(r)
+    section = md.split("## What the Fourier prompt and AKD did", 1)[1]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| `")]
+    assert rows == ["| `fopro-seed1` | 0.724 / 0.614 | +0.006 [-0.010, +0.023] [-0.014, +0.092] | "
+                    "+0.040 **[+0.004, +0.076]** [-0.014, +0.092] | 0.73–1.28 (0.118) | 4: 2.00 → 1.50 → 0.60 |"]
+    cells = {c["dir"].rsplit("/", 1)[-1]: c for c in json.loads(json.dumps(r.to_dict()))["cells"]}
+    assert cells["fopro-seed1"]["akd"]["steps"] == 4 and cells["fopro-seed0"]["akd"] is None

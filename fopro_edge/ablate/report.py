@@ -78,11 +78,52 @@ def render_markdown(r: AblationReport) -> str:
     ))
     lines.append("wall s: the command that finished the cell, start to end (absent for cells run otherwise); "
                  "train s: the epochs' training time from `history.jsonl`.\n")
+    lines += _prompt_and_akd(r)
     if r.notes:
         lines.append("## Notes\n")
         lines += [f"- {n}" for n in r.notes]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _pair(a: tuple[float, float] | None) -> str:
+    return "–" if a is None else _interval(Interval(*a))
+
+
+def _prompt_and_akd(r: AblationReport) -> list[str]:
+    """What the Fourier prompt and AKD did in each cell that has them: the explore stage's paired
+    teacher probe (prompt frozen, the same resamples with and without it), the prompt's gain and
+    the AKD adversarial term."""
+    from fopro_edge.distill.report import markdown_table
+
+    rows = []
+    for c in r.cells:
+        e, a = c.explore, c.akd
+        if e is None and a is None:
+            continue
+        p = e.probe if e is not None else None
+        few = p.difference.few_recall if p is not None else None
+        rows.append([
+            f"`{Path(c.dir).name}`",
+            "–" if p is None else f"{p.clean.balanced_accuracy:.3f} / {_num(p.clean.few_recall, '.3f')}",
+            "–" if p is None else f"{_signed(p.difference.balanced_accuracy.mean)} {_pair(p.difference.balanced_accuracy.t_interval)} "
+                                  f"{_pair(p.difference.balanced_accuracy.bootstrap_interval)}",
+            "–" if few is None else f"{_signed(few.mean)} {_pair(few.t_interval)} {_pair(few.bootstrap_interval)}",
+            "–" if e is None or e.gain is None else f"{e.gain.min:.2f}–{e.gain.max:.2f} ({e.gain.mean_abs_log_gain:.3f})",
+            "–" if a is None else f"{a.steps}: {a.first:.2f} → {a.first_epoch_mean:.2f} → {a.last_epoch_mean:.2f}",
+        ])
+    if not rows:
+        return []
+    return [
+        "## What the Fourier prompt and AKD did\n",
+        ("Teacher probe: the explore stage's class-balanced linear probe on the frozen teacher's val features, "
+         "clean (balanced accuracy / few recall) and prompted − clean with the prompt frozen, each difference with its "
+         "95 % intervals over probe seeds and over val images (**bold**: excludes 0). Gain: the prompt's effective "
+         "amplitude gain over val images, min–max (mean |log gain|). AKD: adversarial steps, the term at its first step → "
+         "mean over the first AKD epoch → over the last.\n"),
+        markdown_table(["cell", "clean teacher probe", "prompted − clean: balanced accuracy", "few recall", "gain",
+                        "AKD adversarial term"], rows),
+    ]
 
 
 def write_report(r: AblationReport) -> dict[str, Path]:

@@ -1,7 +1,8 @@
 """What one finished ablation cell holds, read back typed from its run directory.
 
 ``metrics/metrics.json`` (the test evaluation), ``metrics/test_predictions.npz`` when the run saved
-it, ``history.jsonl`` (training seconds per epoch), ``env.json`` (the machine it ran on) and
+it, ``history.jsonl`` (training seconds and AKD steps per epoch), ``explore.json`` (the explore
+stage's paired teacher probe and the prompt's gain), ``env.json`` (the machine it ran on) and
 ``wall_seconds.txt`` (written by ``fopro-edge ablate`` when it finished the cell).
 """
 
@@ -85,9 +86,73 @@ class _TrainStats:
 
 
 @dataclass(frozen=True)
+class _AkdStep:
+    step: int
+    adv: float
+
+
+@dataclass(frozen=True)
 class _HistoryRecord:
     epoch: int
     train: _TrainStats = field(default_factory=_TrainStats)
+    akd_steps: tuple[_AkdStep, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProbeDifference:
+    """Prompted minus clean teacher probe on one metric, with its 95 % intervals."""
+
+    mean: float
+    t_interval: tuple[float, float] | None = None  # over probe seeds
+    bootstrap_interval: tuple[float, float] | None = None  # over val images
+
+
+@dataclass(frozen=True)
+class _ProbeScore:
+    balanced_accuracy: float
+    few_recall: float | None = None
+
+
+@dataclass(frozen=True)
+class _ProbeDifferences:
+    balanced_accuracy: ProbeDifference
+    few_recall: ProbeDifference | None = None
+
+
+@dataclass(frozen=True)
+class _Probe:
+    seeds: int
+    clean: _ProbeScore
+    prompted: _ProbeScore
+    difference: _ProbeDifferences
+
+
+@dataclass(frozen=True)
+class _Gain:
+    min: float
+    max: float
+    mean_abs_log_gain: float
+
+
+@dataclass(frozen=True)
+class ExploreDiagnostic:
+    """The part of ``explore.json`` a report reads: the paired probe (prompt frozen) and the gain."""
+
+    steps: int
+    lr: float
+    probe: _Probe | None = None
+    gain: _Gain | None = None
+
+
+@dataclass(frozen=True)
+class AkdCurve:
+    """The adversarial term of AKD over a run: its first step, and its mean over the first and last
+    epoch that had AKD steps."""
+
+    steps: int
+    first: float
+    first_epoch_mean: float
+    last_epoch_mean: float
 
 
 def _read_json(path: Path) -> object:
@@ -117,11 +182,10 @@ def read_machine(rd: RunDir) -> str | None:
     return machine(raw) if isinstance(raw, dict) else None
 
 
-def read_train_seconds(rd: RunDir) -> float | None:
-    """The summed training time of the epochs in ``history.jsonl`` (survives a resume; excludes evaluation)."""
+def _read_history(rd: RunDir) -> list[_HistoryRecord]:
     if not rd.history.is_file():
-        return None
-    total, seen = 0.0, False
+        return []
+    records = []
     for i, line in enumerate(rd.history.read_text(encoding="utf-8").splitlines()):
         if not line.strip():
             continue
@@ -129,10 +193,30 @@ def read_train_seconds(rd: RunDir) -> float | None:
             raw = json.loads(line)
         except json.JSONDecodeError:
             raise DataError(f"{rd.history}: line {i + 1} is not JSON (re-run the cell)") from None
-        rec = from_json(_HistoryRecord, raw, f"{rd.history}: line {i + 1}")
-        if rec.train.epoch_seconds is not None:
-            total, seen = total + rec.train.epoch_seconds, True
-    return total if seen else None
+        records.append(from_json(_HistoryRecord, raw, f"{rd.history}: line {i + 1}"))
+    return records
+
+
+def read_train_seconds(rd: RunDir) -> float | None:
+    """The summed training time of the epochs in ``history.jsonl`` (survives a resume; excludes evaluation)."""
+    seconds = [r.train.epoch_seconds for r in _read_history(rd) if r.train.epoch_seconds is not None]
+    return sum(seconds) if seconds else None
+
+
+def read_akd_curve(rd: RunDir) -> AkdCurve | None:
+    """The AKD adversarial term of a run; ``None`` for a run without AKD steps."""
+    epochs = [[s.adv for s in r.akd_steps] for r in _read_history(rd) if r.akd_steps]
+    if not epochs:
+        return None
+    return AkdCurve(steps=sum(map(len, epochs)), first=epochs[0][0], first_epoch_mean=sum(epochs[0]) / len(epochs[0]),
+                    last_epoch_mean=sum(epochs[-1]) / len(epochs[-1]))
+
+
+def read_explore(rd: RunDir) -> ExploreDiagnostic | None:
+    """The explore stage's diagnostic; ``None`` for a run without an explore stage."""
+    if not rd.explore_json.is_file():
+        return None
+    return from_json(ExploreDiagnostic, _read_json(rd.explore_json), str(rd.explore_json))
 
 
 def read_wall_seconds(rd: RunDir) -> float | None:

@@ -14,7 +14,11 @@ import numpy as np
 from fopro_edge.ablate.bootstrap import METRICS, Pair, paired_bootstrap, point_metrics
 from fopro_edge.ablate.ladder import DONE, AblationPlan, Cell
 from fopro_edge.ablate.results import (
+    AkdCurve,
+    ExploreDiagnostic,
     RunMetrics,
+    read_akd_curve,
+    read_explore,
     read_machine,
     read_metrics,
     read_train_seconds,
@@ -42,6 +46,8 @@ class CellSummary:
     train_seconds: float | None  # summed epoch times of history.jsonl
     machine: str | None
     predictions: bool
+    explore: ExploreDiagnostic | None = None  # the explore stage's paired probe and gain (fpg methods)
+    akd: AkdCurve | None = None  # the AKD adversarial term (fopro)
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ def _cell_summary(x: _Cell, status: str) -> CellSummary:
         method=x.cell.method, seed=x.cell.seed, dir=str(rd.path), status=status, metrics=x.metrics.values(),
         accuracy=x.metrics.accuracy, best_epoch=x.metrics.best_epoch, wall_seconds=read_wall_seconds(rd),
         train_seconds=read_train_seconds(rd), machine=read_machine(rd), predictions=x.predictions is not None,
+        explore=read_explore(rd), akd=read_akd_curve(rd),
     )
 
 
