@@ -49,7 +49,7 @@ def cell_result(path: Path) -> dict:
     return {
         "run": path.name, "method": metrics.method, "seed": recipe.seed, "tau": tau,
         "val_balanced_accuracy": {f"{t:g}": s for t, s in val_scores.items()},
-        "layout": metrics.layout(), "labels": saved["labels"],
+        "layout": metrics.layout(), "ids": saved["ids"], "labels": saved["labels"],
         "off": adjusted_predictions(saved["logits"], prior, 0.0),
         "on": adjusted_predictions(saved["logits"], prior, tau),
     }
@@ -64,6 +64,7 @@ def main() -> None:
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from fopro_edge.ablate.bootstrap import Pair, paired_bootstrap, point_metrics
+    from fopro_edge.ablate.report import interval_text
     from fopro_edge.ablate.stats import paired_t_interval, spread
     from fopro_edge.envinfo import machine_line
 
@@ -81,14 +82,11 @@ def main() -> None:
     methods = list(dict.fromkeys(c["method"] for c in cells))
     by = {(c["method"], c["seed"]): c for c in cells}
 
-    def fmt_iv(iv) -> str:
-        if iv is None:
-            return "–"
-        text = f"[{iv.low:+.3f}, {iv.high:+.3f}]"
-        return f"**{text}**" if iv.low > 0 or iv.high < 0 else text
-
     def compare(pairs: list[tuple[dict, str, dict, str]]) -> dict:
         """Mean paired difference (second minus first), its t-interval over seeds and bootstrap over images."""
+        for x, _, y, _ in pairs:
+            if not np.array_equal(x["ids"], y["ids"]):
+                raise SystemExit(f"{x['run']} and {y['run']} scored different test images; compare runs of one split")
         boot = paired_bootstrap([Pair(x["labels"], x[kx], y[ky], x["layout"], x["seed"]) for x, kx, y, ky in pairs],
                                 resamples=a.resamples)
         out = {}
@@ -125,7 +123,7 @@ def main() -> None:
               "| method | metric | on − off | over seeds | over test images |", "|---|---|---:|---|---|"]
     for m in methods:
         for metric, d in summary["methods"][m]["on_minus_off"].items():
-            lines.append(f"| `{m}` | {metric} | {d['difference']:+.3f} | {fmt_iv(d['_t'])} | {fmt_iv(d['_b'])} |")
+            lines.append(f"| `{m}` | {metric} | {d['difference']:+.3f} | {interval_text(d['_t'])} | {interval_text(d['_b'])} |")
     lines += ["", f"## Against `{a.baseline}`, adjustment on for both (method − {a.baseline})", "",
               "| method | metric | difference | seeds | over seeds | over test images |", "|---|---|---:|---:|---|---|"]
     for m in methods:
@@ -137,7 +135,7 @@ def main() -> None:
         d_all = compare([(by[(a.baseline, s)], "on", by[(m, s)], "on") for s in seeds])
         summary["against_baseline"][m] = d_all
         for metric, d in d_all.items():
-            lines.append(f"| `{m}` | {metric} | {d['difference']:+.3f} | {d['seeds']} | {fmt_iv(d['_t'])} | {fmt_iv(d['_b'])} |")
+            lines.append(f"| `{m}` | {metric} | {d['difference']:+.3f} | {d['seeds']} | {interval_text(d['_t'])} | {interval_text(d['_b'])} |")
     lines += ["", "## Runs", "", "| run | method | seed | tau | val bal. acc. at tau 0 → chosen | test few recall off → on |",
               "|---|---|---:|---:|---|---|"]
     for c in cells:

@@ -25,7 +25,8 @@ def _signed(v: float) -> str:
     return f"{v:+.3f}"
 
 
-def _interval(iv: Interval | None) -> str:
+def interval_text(iv: Interval | None) -> str:
+    """``[low, high]`` with signs, bold when it excludes 0; ``–`` for none."""
     if iv is None:
         return "–"
     text = f"[{_signed(iv.low)}, {_signed(iv.high)}]"
@@ -58,8 +59,8 @@ def render_markdown(r: AblationReport) -> str:
          f"bootstrap, {r.resamples} resamples stratified by class, the same images for both methods, the "
          "difference averaged over seeds per resample. **Bold**: the interval excludes 0.\n"),
     ]
-    rows = [[f"`{d.method}`", LABELS[d.metric], _signed(d.mean), d.seeds, _interval(d.seed_interval),
-             _interval(d.bootstrap_interval)] for d in r.differences]
+    rows = [[f"`{d.method}`", LABELS[d.metric], _signed(d.mean), d.seeds, interval_text(d.seed_interval),
+             interval_text(d.bootstrap_interval)] for d in r.differences]
     lines.append(markdown_table(["method", "metric", "difference", "seeds", f"{pct} over seeds",
                                  f"{pct} over test images"], rows) if rows else "(one method only)\n")
     fallbacks = sorted({f"`{d.method}`: {d.bootstrap_note}" for d in r.differences if d.bootstrap_note})
@@ -87,7 +88,7 @@ def render_markdown(r: AblationReport) -> str:
 
 
 def _pair(a: tuple[float, float] | None) -> str:
-    return "–" if a is None else _interval(Interval(*a))
+    return "–" if a is None else interval_text(Interval(*a))
 
 
 def _prompt_and_akd(r: AblationReport) -> list[str]:
