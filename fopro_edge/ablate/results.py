@@ -92,7 +92,7 @@ class _AkdStep:
 
 
 @dataclass(frozen=True)
-class _HistoryRecord:
+class HistoryRecord:
     epoch: int
     train: _TrainStats = field(default_factory=_TrainStats)
     akd_steps: tuple[_AkdStep, ...] = ()
@@ -182,7 +182,8 @@ def read_machine(rd: RunDir) -> str | None:
     return machine(raw) if isinstance(raw, dict) else None
 
 
-def _read_history(rd: RunDir) -> list[_HistoryRecord]:
+def read_history(rd: RunDir) -> list[HistoryRecord]:
+    """Every epoch of ``history.jsonl`` (none without the file)."""
     if not rd.history.is_file():
         return []
     records = []
@@ -193,19 +194,19 @@ def _read_history(rd: RunDir) -> list[_HistoryRecord]:
             raw = json.loads(line)
         except json.JSONDecodeError:
             raise DataError(f"{rd.history}: line {i + 1} is not JSON (re-run the cell)") from None
-        records.append(from_json(_HistoryRecord, raw, f"{rd.history}: line {i + 1}"))
+        records.append(from_json(HistoryRecord, raw, f"{rd.history}: line {i + 1}"))
     return records
 
 
-def read_train_seconds(rd: RunDir) -> float | None:
-    """The summed training time of the epochs in ``history.jsonl`` (survives a resume; excludes evaluation)."""
-    seconds = [r.train.epoch_seconds for r in _read_history(rd) if r.train.epoch_seconds is not None]
+def train_seconds(history: list[HistoryRecord]) -> float | None:
+    """The summed training time of the epochs (survives a resume; excludes evaluation)."""
+    seconds = [r.train.epoch_seconds for r in history if r.train.epoch_seconds is not None]
     return sum(seconds) if seconds else None
 
 
-def read_akd_curve(rd: RunDir) -> AkdCurve | None:
+def akd_curve(history: list[HistoryRecord]) -> AkdCurve | None:
     """The AKD adversarial term of a run; ``None`` for a run without AKD steps."""
-    epochs = [[s.adv for s in r.akd_steps] for r in _read_history(rd) if r.akd_steps]
+    epochs = [[s.adv for s in r.akd_steps] for r in history if r.akd_steps]
     if not epochs:
         return None
     return AkdCurve(steps=sum(map(len, epochs)), first=epochs[0][0], first_epoch_mean=sum(epochs[0]) / len(epochs[0]),

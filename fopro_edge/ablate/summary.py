@@ -17,12 +17,13 @@ from fopro_edge.ablate.results import (
     AkdCurve,
     ExploreDiagnostic,
     RunMetrics,
-    read_akd_curve,
+    akd_curve,
     read_explore,
+    read_history,
     read_machine,
     read_metrics,
-    read_train_seconds,
     read_wall_seconds,
+    train_seconds,
 )
 from fopro_edge.ablate.stats import Interval, Spread, paired_t_interval, spread
 from fopro_edge.distill.predictions import TestPredictions, load_predictions
@@ -159,11 +160,12 @@ def _read_cell(cell: Cell) -> _Cell:
 
 def _cell_summary(x: _Cell, status: str) -> CellSummary:
     rd = x.cell.run_dir
+    history = read_history(rd)
     return CellSummary(
         method=x.cell.method, seed=x.cell.seed, dir=str(rd.path), status=status, metrics=x.metrics.values(),
         accuracy=x.metrics.accuracy, best_epoch=x.metrics.best_epoch, wall_seconds=read_wall_seconds(rd),
-        train_seconds=read_train_seconds(rd), machine=read_machine(rd), predictions=x.predictions is not None,
-        explore=read_explore(rd), akd=read_akd_curve(rd),
+        train_seconds=train_seconds(history), machine=read_machine(rd), predictions=x.predictions is not None,
+        explore=read_explore(rd), akd=akd_curve(history),
     )
 
 

@@ -255,6 +255,11 @@ def _score(labels: np.ndarray, reference: np.ndarray, logits: np.ndarray, rare_i
     return f.rare_losses, f.rare_close_calls, f.total - f.close_calls, bacc
 
 
+def _nothing_to_fix(score: tuple) -> bool:
+    """No rare loss as the gate counts it and no decisive flip (a :func:`_score`): training can only make it worse."""
+    return score[0] == score[2] == 0
+
+
 def qat_kd_loss(s_logits: Any, t_logits: Any, labels: Any, bsm: Any, *, temperature: float, bsm_weight: float) -> Any:
     """QAT-KD's objective: logit KD (KL at ``temperature``, scaled by T²) from the FP32 student plus
     ``bsm_weight`` x Balanced Softmax on the labels."""
@@ -335,8 +340,7 @@ def qat_distill(
     best_state, best_step, stale, step, running = copy.deepcopy(model.state_dict()), 0, 0, 0, 0.0
     T = config.temperature
     model.train()
-    clean = best_score[0] == best_score[2] == 0  # the start already loses no rare image, flips nothing decisive
-    for x, y, _ in [] if clean else loader:
+    for x, y, _ in () if _nothing_to_fix(best_score) else loader:  # a clean start is returned untrained
         x, y = x.to(device), y.to(device)
         with torch.no_grad():
             t_logits = teacher(x).float()
@@ -357,7 +361,7 @@ def qat_distill(
                      step, config.steps, history[-1].loss, *s)
             if key(s) > key(best_score):
                 best_score, best_state, best_step, stale = s, copy.deepcopy(model.state_dict()), step, 0
-                if s[0] == s[2] == 0:  # no rare loss as the gate counts it, no decisive flip: nothing left to fix
+                if _nothing_to_fix(s):
                     break
             else:
                 stale += 1
