@@ -494,6 +494,38 @@ def test_qat_returns_a_clean_start_untrained_and_trains_one_that_is_not():
     assert trained.steps > 0 and len(trained.history) > 1
 
 
+def test_qat_scores_the_deployed_artifact_not_the_fake_quantized_model():
+    """A start that is clean in PyTorch but not as deployed (the runtime's INT8 kernels differ) is trained,
+    and every score comes from the deployed logits."""
+    import torch
+
+    from fopro_edge.data import ImageList
+    from fopro_edge.deploy.qat import qat_distill
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    train = ImageList(rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), np.arange(16) % 4, tuple(NAMES))
+    images = rng.random((12, 3, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        reference = student(torch.from_numpy(images)).numpy()
+    labels = reference.argmax(1)
+    calls = []
+
+    def deployed_logits(model):
+        calls.append(model.training)
+        wrong = reference.copy()
+        wrong[np.arange(12), labels] -= 100.0  # as deployed, every decisive prediction changes
+        return wrong
+
+    result = qat_distill(student, copy.deepcopy(student), train, image_size=8,
+                         config=P.QATConfig(steps=4, batch_size=4, eval_every=2, patience=1, device="cpu"),
+                         select_images=images, select_labels=labels, select_reference=reference, rare_ids=[2, 3],
+                         check=P.GateConfig(close_call_gap=0.0), deployed_logits=deployed_logits)
+    assert result.steps > 0 and len(calls) == len(result.history) > 1 and not any(calls)  # scored in eval mode
+    assert all(h.flips == 12 for h in result.history)
+
+
 def _outcome(passed: bool, rare_rw: int, flips: int, close_calls: int = 0, gained: int = 0):
     from types import SimpleNamespace
 

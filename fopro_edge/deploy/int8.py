@@ -19,7 +19,7 @@ import numpy as np
 from fopro_edge.deploy.artifact import ModelArtifact
 from fopro_edge.deploy.cpu_target import Int8Scheme
 from fopro_edge.deploy.repair import Outcome, TryPlan, plan_repairs, run_tries
-from fopro_edge.deploy.runners import Runner
+from fopro_edge.deploy.runners import Runner, predict
 from fopro_edge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def int8_step(x: ExportContext, onnx_step: StepResult, b: Int8Backend, scheme: I
     def make(plan: TryPlan, best: Outcome | None, k: int) -> Outcome:
         path = d / f"try-{k}{b.suffix}"
         if plan.qat:
-            result = _qat(x, b, scheme)
+            result = _qat(x, b, scheme, probe=d / f"try-qat-probe{b.suffix}")
             art = b.from_qat(result.model, path)
             extra["qat"] = result.summary()
             settings: dict[str, Any] = {"method": "qat-kd", "preset": b.qat_preset,
@@ -126,19 +126,29 @@ def int8_step(x: ExportContext, onnx_step: StepResult, b: Int8Backend, scheme: I
                          notes=tuple(notes), extra=extra, confirmation=confirmation)
 
 
-def _qat(x: ExportContext, b: Int8Backend, scheme: Int8Scheme):
+def _qat(x: ExportContext, b: Int8Backend, scheme: Int8Scheme, *, probe: Path):
+    """QAT-KD whose early stop scores each checkpoint's artifact (written to ``probe``, then removed)."""
     from fopro_edge.deploy import qat
 
     _, images = x.calibration()
     sel_images, sel_labels, sel_reference = x.selection_arrays()
     data = x.recipe.data
+
+    def deployed_logits(model: Any) -> np.ndarray:
+        art = b.from_qat(model, probe)
+        try:
+            with b.runner(art.path) as r:
+                return predict(r, x.check.batches(), x.profile.check.batch_size)
+        finally:
+            for f in art.files:
+                f.unlink(missing_ok=True)
     with qat.torch_threads(x.profile.threads):
         quantized = qat.fake_quantize(x.student, images, preset=b.qat_preset, seven_bit_weights=scheme.reduce_range)
         return qat.qat_distill(
             x.student, quantized, x.splits.train, image_size=x.info.image_size, config=x.profile.qat,
             augment=data.augment, flips=data.flips, select_images=sel_images, select_labels=sel_labels,
             select_reference=sel_reference, rare_ids=x.rare_ids, check=x.profile.check,
-            seed=x.profile.calibration.seed,
+            seed=x.profile.calibration.seed, deployed_logits=deployed_logits,
         )
 
 

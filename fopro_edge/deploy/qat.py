@@ -5,8 +5,11 @@ rare-stratified calibration images, 7-bit weights where the deployment CPU satur
 quantized copy is then fine-tuned for a bounded number of steps on the train split, rare classes
 drawn more often (sqrt sampler), with logit KD from the frozen FP32 student plus the
 Balanced-Softmax loss (its prior follows the sampler), and stopped early on the selection images:
-fewest rare right->wrong flips, then fewest changed predictions, then balanced accuracy. The result
-is exported like any PyTorch model: QDQ ONNX for ONNX Runtime / TensorRT, an IR for OpenVINO.
+fewest rare right->wrong flips, then fewest changed predictions, then balanced accuracy. Those
+scores come from the artifact each checkpoint exports to, run by its runtime, because the runtime's
+INT8 kernels do not compute what PyTorch's fake quantizers compute (on the digits demo an
+OpenVINO IR failed the gate where its fake-quantized source lost no rare image). The result is
+exported like any PyTorch model: QDQ ONNX for ONNX Runtime / TensorRT, an IR for OpenVINO.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -256,8 +259,9 @@ def _score(labels: np.ndarray, reference: np.ndarray, logits: np.ndarray, rare_i
 
 
 def _nothing_to_fix(score: tuple) -> bool:
-    """No rare loss as the gate counts it and no decisive flip (a :func:`_score`): training can only make it worse."""
-    return score[0] == score[2] == 0
+    """No rare image lost (clear loss or close call) and no decisive flip (a :func:`_score`): training can
+    only make it worse."""
+    return score[0] == score[1] == score[2] == 0
 
 
 def qat_kd_loss(s_logits: Any, t_logits: Any, labels: Any, bsm: Any, *, temperature: float, bsm_weight: float) -> Any:
@@ -286,12 +290,15 @@ def qat_distill(
     rare_ids: list[int],
     check: Any,
     seed: int = 0,
+    deployed_logits: Callable[[Any], np.ndarray] | None = None,
 ) -> QATResult:
     """Fine-tune ``quantized`` (from :func:`fake_quantize`) against the FP32 ``student``.
 
     ``train``: the train :class:`~fopro_edge.data.ImageList`; ``config``: a ``QATConfig``;
     ``augment`` / ``flips``: the recipe's training augmentation; ``check``: the gate's thresholds
-    (``GateConfig``), so the early stop counts rare losses as the gate does.
+    (``GateConfig``), so the early stop counts rare losses as the gate does;
+    ``deployed_logits(model)``: the selection images' logits of the artifact ``model`` exports to, in
+    its runtime (the model may come back on the CPU); None scores the fake-quantized model in PyTorch.
     """
     import torch
 
@@ -323,10 +330,14 @@ def qat_distill(
 
     def evaluate() -> tuple:
         model.eval()
-        with torch.no_grad():
-            logits = torch.cat([model(sel[i:i + 64].to(device)).float().cpu() for i in range(0, len(sel), 64)])
+        if deployed_logits is not None:
+            logits = np.asarray(deployed_logits(model), np.float32)
+            model.to(device)
+        else:
+            with torch.no_grad():
+                logits = torch.cat([model(sel[i:i + 64].to(device)).float().cpu() for i in range(0, len(sel), 64)]).numpy()
         model.train()
-        return _score(select_labels, select_reference, logits.numpy(), rare_ids, num_classes, close, check)
+        return _score(select_labels, select_reference, logits, rare_ids, num_classes, close, check)
 
     def key(s: tuple) -> tuple:
         clear, close_lost, flips, bacc = s
