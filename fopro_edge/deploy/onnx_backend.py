@@ -156,7 +156,7 @@ def export_onnx(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     size = info.image_size
     student = student.eval().cpu()
-    dummy = torch.rand(batch_size, 3, size, size)
+    dummy = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))  # global RNG untouched
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     with warnings.catch_warnings():
