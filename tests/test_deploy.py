@@ -451,21 +451,25 @@ def test_no_deploy_module_is_named_like_the_package_it_wraps():
     assert not names & {"onnx", "onnxruntime", "openvino", "tensorrt", "nncf"}
 
 
-def test_qat_early_stop_scores_rare_losses_as_the_gate_counts_them():
-    from fopro_edge.deploy.gate import close_calls
-    from fopro_edge.deploy.qat import _score
+def test_qat_early_stop_scores_as_the_gate_judges():
+    from fopro_edge.deploy.qat import _nothing_to_fix, _score
 
-    labels = np.repeat(np.arange(4), 10)
+    labels = np.repeat(np.arange(4), 40)  # one image of a class: 0.625 points of balanced accuracy
     rare = labels >= 2
     ref = _logits(labels)
-    ref[20, 0] = 4.8  # a rare close call
+    ref[100, 0] = 4.8  # a rare close call
     new = ref.copy()
-    new[20, 0] = 6.0  # ... lost, nothing else moved: rounding noise
-    close, check = close_calls(ref, 0.5), P.GateConfig()
-    assert _score(labels, ref, new, [2, 3], 4, close, check)[:3] == (0, 1, 0)
-    new[rare, labels[rare]] -= 0.5  # the rare margins erode: the lost close call counts
-    assert _score(labels, ref, new, [2, 3], 4, close, check)[:3] == (1, 1, 0)
-    assert evaluate_gate(labels, ref, new, NAMES, RARE, check).flips.rare_losses == 1
+    new[100, 0] = 6.0  # ... lost, nothing else moved: rounding noise
+    check = P.GateConfig()
+    assert _score(labels, ref, new, [2, 3], check)[:4] == (True, 0, 1, 0)
+    assert _nothing_to_fix(_score(labels, ref, new, [2, 3], check))
+    # the same logits under a gate they fail (balanced accuracy): not a place to stop
+    strict = _score(labels, ref, new, [2, 3], P.GateConfig(max_balanced_accuracy_drop=0.005))
+    assert strict[:4] == (False, 0, 1, 0) and not _nothing_to_fix(strict)
+    eroded = new.copy()
+    eroded[rare, labels[rare]] -= 0.5  # the rare margins erode: the lost close call counts
+    assert _score(labels, ref, eroded, [2, 3], check)[1:4] == (1, 1, 0)
+    assert evaluate_gate(labels, ref, eroded, NAMES, RARE, check).flips.rare_losses == 1
 
 
 def test_qat_returns_a_clean_start_untrained_and_trains_one_that_is_not():

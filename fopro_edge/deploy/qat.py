@@ -5,8 +5,8 @@ rare-stratified calibration images, 7-bit weights where the deployment CPU satur
 quantized copy is then fine-tuned for a bounded number of steps on the train split, rare classes
 drawn more often (sqrt sampler), with logit KD from the frozen FP32 student plus the
 Balanced-Softmax loss (its prior follows the sampler), and stopped early on the selection images:
-fewest rare right->wrong flips, then fewest changed predictions, then balanced accuracy. Those
-scores come from the artifact each checkpoint exports to, run by its runtime, because the runtime's
+the gate passed, then fewest rare right->wrong flips, then fewest changed predictions, then balanced
+accuracy. Those scores come from the artifact each checkpoint exports to, run by its runtime, because the runtime's
 INT8 kernels do not compute what PyTorch's fake quantizers compute (on the digits demo an
 OpenVINO IR failed the gate where its fake-quantized source lost no rare image). The result is
 exported like any PyTorch model: QDQ ONNX for ONNX Runtime / TensorRT, an IR for OpenVINO.
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class QATStep:
     step: int
     loss: float
+    passed: bool  # the gate, on the selection images
     rare_losses: int  # as the gate counts them (clear losses + close calls lost beyond those gained)
     rare_close_calls: int
     flips: int
@@ -248,22 +249,23 @@ def to_openvino(model: Any, image_size: int) -> Any:
     return _ov().convert_model(model.cpu().eval(), example_input=example)
 
 
-def _score(labels: np.ndarray, reference: np.ndarray, logits: np.ndarray, rare_ids: list[int], num_classes: int,
-           close: np.ndarray, check: Any) -> tuple:
-    """(rare losses as the gate counts them, rare close calls lost, changed decisive predictions,
-    balanced accuracy); ``check``: the gate's thresholds (``GateConfig``)."""
-    from fopro_edge.deploy.gate import count_flips, scores
+def _score(labels: np.ndarray, reference: np.ndarray, logits: np.ndarray, rare_ids: list[int], check: Any) -> tuple:
+    """The gate on these logits (``check``: its thresholds, a ``GateConfig``) as (passed, rare losses as
+    it counts them, rare close calls lost, changed decisive predictions, balanced accuracy)."""
+    from fopro_edge.deploy.gate import evaluate_gate
 
-    f, _ = count_flips(labels, reference, logits, np.isin(labels, rare_ids), close, check)
-    bacc = scores(labels, logits.argmax(1), num_classes, rare_ids).balanced_accuracy
-    return f.rare_losses, f.rare_close_calls, f.total - f.close_calls, bacc
+    names = [str(i) for i in range(reference.shape[1])]
+    r = evaluate_gate(labels, reference, logits, names, [names[i] for i in rare_ids], check)
+    f = r.flips
+    return r.passed, f.rare_losses, f.rare_close_calls, f.total - f.close_calls, r.candidate.balanced_accuracy
 
 
 def _nothing_to_fix(score: tuple) -> bool:
-    """No rare loss as the gate counts it and no decisive flip (a :func:`_score`): what is left is close
-    calls tipping either way, which training on the selection images cannot fix for other images
-    (docs/export.md, "Why auto starts with PTQ")."""
-    return score[0] == score[2] == 0
+    """The gate passed with no rare loss as it counts them and no decisive flip (a :func:`_score`): what is
+    left is close calls tipping either way, which training on the selection images cannot fix for
+    other images (docs/export.md, "Why auto starts with PTQ")."""
+    passed, rare_losses, _, flips, _ = score
+    return passed and rare_losses == flips == 0
 
 
 def qat_kd_loss(s_logits: Any, t_logits: Any, labels: Any, bsm: Any, *, temperature: float, bsm_weight: float) -> Any:
@@ -305,7 +307,6 @@ def qat_distill(
     import torch
 
     from fopro_edge.data import CheckedDataLoader, ImageDataset, build_sampler, build_transform
-    from fopro_edge.deploy.gate import close_calls
     from fopro_edge.distill.losses import BalancedSoftmax
 
     t0 = time.perf_counter()
@@ -327,7 +328,6 @@ def qat_distill(
         p.requires_grad_(False)
     model = quantized.to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    close = close_calls(select_reference, check.close_call_gap)
     sel = torch.from_numpy(np.ascontiguousarray(select_images, dtype=np.float32))
 
     def evaluate() -> tuple:
@@ -339,17 +339,17 @@ def qat_distill(
             with torch.no_grad():
                 logits = torch.cat([model(sel[i:i + 64].to(device)).float().cpu() for i in range(0, len(sel), 64)]).numpy()
         model.train()
-        return _score(select_labels, select_reference, logits, rare_ids, num_classes, close, check)
+        return _score(select_labels, select_reference, logits, rare_ids, check)
 
     def key(s: tuple) -> tuple:
-        clear, close_lost, flips, bacc = s
-        return (-clear, -close_lost, -flips, bacc)
+        passed, clear, close_lost, flips, bacc = s
+        return (passed, -clear, -close_lost, -flips, bacc)
 
     history: list[QATStep] = []
     best_score = evaluate()
     history.append(QATStep(0, float("nan"), *best_score))
-    log.info("QAT step 0 (the quantized start): selection: rare losses %d (close calls lost %d), decisive flips %d, "
-             "bal. acc %.4f", *best_score)
+    log.info("QAT step 0 (the quantized start): selection: gate passed %s, rare losses %d (close calls lost %d), "
+             "decisive flips %d, bal. acc %.4f", *best_score)
     best_state, best_step, stale, step, running = copy.deepcopy(model.state_dict()), 0, 0, 0, 0.0
     T = config.temperature
     model.train()
@@ -369,8 +369,8 @@ def qat_distill(
             s = evaluate()
             history.append(QATStep(step, running / config.eval_every, *s))
             running = 0.0
-            log.info("QAT step %d/%d: loss %.4f, selection: rare losses %d (close calls lost %d), decisive flips %d, "
-                     "bal. acc %.4f",
+            log.info("QAT step %d/%d: loss %.4f, selection: gate passed %s, rare losses %d (close calls lost %d), "
+                     "decisive flips %d, bal. acc %.4f",
                      step, config.steps, history[-1].loss, *s)
             if key(s) > key(best_score):
                 best_score, best_state, best_step, stale = s, copy.deepcopy(model.state_dict()), step, 0
