@@ -44,6 +44,7 @@ class Int8Backend:
     rank: Callable[[np.ndarray], list[tuple[str, float]]]  # most sensitive layers first
     coverage: Callable[[Path], tuple[int, int]]  # (weighted ops with INT8 weights, weighted ops)
     from_qat: Callable[[Any, Path], ModelArtifact] | None = None  # None: no QAT-KD for this backend
+    subtract_from_logits: Callable[[Path, Any], None] | None = None  # None: no logit offsets for this backend
     qat_preset: str = "performance"
     check: Callable[[Path], None] = lambda path: None
     methods: tuple[str, ...] = ()
@@ -75,7 +76,7 @@ def int8_step(x: ExportContext, onnx_step: StepResult, b: Int8Backend, scheme: I
         path = d / f"try-{k}{b.suffix}"
         if plan.qat:
             result = _qat(x, b, scheme, probe=d / f"try-qat-probe{b.suffix}")
-            art = b.from_qat(result.model, path)
+            art, offsets = _offsets_out(x, b, b.from_qat(result.model, path), None)
             extra["qat"] = result.summary()
             settings: dict[str, Any] = {"method": "qat-kd", "preset": b.qat_preset,
                                         "seven_bit_weights": scheme.reduce_range, "best_step": result.best_step,
@@ -91,9 +92,11 @@ def int8_step(x: ExportContext, onnx_step: StepResult, b: Int8Backend, scheme: I
                     ranking.extend(b.rank(x.ranking_images()))
                     extra["sensitivity_ranking"] = [{"node": n, "score": round(v, 4)} for n, v in ranking[:20]]
                 settings[b.exclude_key] = tuple(n for n, _ in ranking[: plan.float_layers])
-            art = b.quantize(settings, images, path, plan.accuracy_control)
+            art, offsets = _offsets_out(x, b, b.quantize(settings, images, path, plan.accuracy_control), size)
             settings = {**settings, "calibration_size": size, "accuracy_control": plan.accuracy_control}
             used = len(c)
+        if offsets is not None:
+            settings["logit_offsets"] = offsets.to_dict()
         b.check(art.path)
         quantized, total = b.coverage(art.path)
         settings["int8_weighted_ops"] = f"{quantized}/{total}"
@@ -119,7 +122,8 @@ def int8_step(x: ExportContext, onnx_step: StepResult, b: Int8Backend, scheme: I
     _record_calibration(x, d, best, notes, extra)
     quantized, total = b.coverage(art.path)
     extra.update({"settings": best.settings, "int8_weighted_ops": {"int8": quantized, "total": total}})
-    notes += [f"{quantized} of {total} weighted ops take INT8 weights", *b.report_notes(report)]
+    notes += [f"{quantized} of {total} weighted ops take INT8 weights", *_offsets_notes(best.settings, x.class_names),
+              *b.report_notes(report)]
     with b.runner(art.path) as runner:
         confirmation = x.confirm(runner, step=b.step, artifact=art.path)
     return x.finish_step(b.step, b.title, d, art, report, repair=rlog if len(rlog.attempts) > 1 else None,
@@ -135,7 +139,7 @@ def _qat(x: ExportContext, b: Int8Backend, scheme: Int8Scheme, *, probe: Path):
     data = x.recipe.data
 
     def deployed_logits(model: Any) -> np.ndarray:
-        art = b.from_qat(model, probe)
+        art, _ = _offsets_out(x, b, b.from_qat(model, probe), None)
         try:
             with b.runner(art.path) as r:
                 return predict(r, x.check.batches(), x.profile.check.batch_size)
@@ -150,6 +154,33 @@ def _qat(x: ExportContext, b: Int8Backend, scheme: Int8Scheme, *, probe: Path):
             select_reference=sel_reference, rare_ids=x.rare_ids, check=x.profile.check,
             seed=x.profile.calibration.seed, deployed_logits=deployed_logits,
         )
+
+
+def _offsets_out(x: ExportContext, b: Int8Backend, art: ModelArtifact, size: int | None) -> tuple[ModelArtifact, Any]:
+    """``art`` with the per-class logit offsets subtracted (:mod:`~fopro_edge.deploy.logit_offsets`), fitted on
+    the calibration images of ``size`` (None: the base set); unchanged where the profile or backend has none."""
+    from fopro_edge.deploy.logit_offsets import fit_offsets
+
+    if not x.profile.quantization.logit_offsets or b.subtract_from_logits is None:
+        return art, None
+    _, images = x.calibration(size)
+    with b.runner(art.path) as r:
+        quantized = predict(r, [images], x.profile.check.batch_size)
+    offsets = fit_offsets(quantized, x.calibration_logits(size))
+    b.subtract_from_logits(art.path, offsets.offsets)
+    return ModelArtifact.from_files(art.path, art.target, art.precision, extra_files=art.files[1:], parent=art.parent,
+                                    metadata=art.metadata), offsets
+
+
+def _offsets_notes(settings: dict[str, Any], class_names: list[str]) -> list[str]:
+    fitted = settings.get("logit_offsets")
+    if not fitted:
+        return []
+    offsets = fitted["offsets"]
+    worst = sorted(range(len(offsets)), key=lambda i: -abs(offsets[i]))[:3]
+    return [f"per-class logit offsets subtracted (fitted on {fitted['images']} calibration images against the FP32 "
+            f"student, common scale {fitted['scale']:.3f}): largest " +
+            ", ".join(f"{class_names[i]} {offsets[i]:+.2f}" for i in worst)]
 
 
 def _rel(p: Path, base: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +187,27 @@ def export_onnx(
         out_path, "onnx", "fp32", parent=info.sha256,
         metadata={"opset": opset, "dynamic_batch": dynamic_batch, "batch_size": batch_size, "input_name": INPUT_NAME},
     )
+
+
+def subtract_from_logits(path: str | Path, values: Sequence[float]) -> None:
+    """Rewrite ``path`` so that its output ``logits`` is what it was minus ``values`` (one per class):
+    an ``Add`` of a constant after the last node. Metadata and everything else stay as they are."""
+    import numpy as np
+
+    onnx = _onnx()
+    from onnx import helper, numpy_helper
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    g = model.graph
+    raw = f"{OUTPUT_NAME}_before_offsets"
+    for node in g.node:
+        node.output[:] = [raw if o == OUTPUT_NAME else o for o in node.output]
+        node.input[:] = [raw if i == OUTPUT_NAME else i for i in node.input]
+    const = numpy_helper.from_array(-np.asarray(values, np.float32).reshape(1, -1), "logit_offsets")
+    g.initializer.append(const)
+    g.node.append(helper.make_node("Add", [raw, const.name], [OUTPUT_NAME], name="logit_offsets"))
+    onnx.checker.check_model(model)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)

@@ -262,3 +262,26 @@ def read_rt_info(xml_path: str | Path, section: Sequence[str] = ("fopro_edge",))
         except RuntimeError:
             out[k] = "{...}"
     return out
+
+
+def subtract_from_logits(xml_path: str | Path, values: Sequence[float]) -> None:
+    """Rewrite the IR so that its output is what it was minus ``values`` (one per class): an ``Add``
+    of a constant in front of the result, which takes over the output's tensor names. rt_info stays."""
+    ov = _ov()
+    from openvino import opset13 as ops
+
+    xml_path = Path(xml_path)
+    model = ov.Core().read_model(str(xml_path))
+    result = model.get_results()[0]
+    source = result.input_value(0)
+    add = ops.add(source, ops.constant(-np.asarray(values, np.float32).reshape(1, -1)), name="logit_offsets")
+    names = source.get_names()
+    source.get_tensor().set_names(set())
+    add.output(0).get_tensor().set_names(names)
+    result.input(0).replace_source_output(add.output(0))
+    model.validate_nodes_and_infer_types()
+    tmp = xml_path.with_name(f".{xml_path.stem}.tmp.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)
+    del model, result, source, add
+    tmp.with_suffix(".bin").replace(xml_path.with_suffix(".bin"))
+    tmp.replace(xml_path)

@@ -281,6 +281,7 @@ class ExportContext:
             self.reference = predict(ref, self.check.batches())
         log.info("check split '%s': %d images; PyTorch student computed", gate.split, len(self.check))
         self._cal_cache: dict[int, tuple[CalibrationSet, np.ndarray]] = {}
+        self._cal_logits: dict[int, np.ndarray] = {}
         self._confirm: tuple[str, CheckImages, np.ndarray] | None = None
         self.base_calibration: CalibrationSet | None = None
         self._bundle_files: dict[str, Path] = {}  # verify-bundle split files by content, for later steps to link
@@ -358,6 +359,15 @@ class ExportContext:
                  ", ".join(f"{k} {v}" for k, v in cal.class_counts.items()), ", ".join(self.rare) or "-")
         self._cal_cache[key] = (cal, images)
         return cal, images
+
+    def calibration_logits(self, size: int | None = None) -> np.ndarray:
+        """The PyTorch student's logits on the images of :meth:`calibration` (``size`` as there)."""
+        key = -1 if size is None else int(size)
+        if key not in self._cal_logits:
+            _, images = self.calibration(size)
+            with TorchRunner(self.student, threads=self.profile.threads) as ref:
+                self._cal_logits[key] = predict(ref, [images])
+        return self._cal_logits[key]
 
     def base_metadata(self, onnx_path: Path) -> dict[str, str]:
         from fopro_edge.deploy.onnx_backend import read_metadata
@@ -438,7 +448,7 @@ def _ort_backend(x: ExportContext, onnx_step: StepResult, *, name: str, title: s
                  scheme: Any) -> Int8Backend:
     """ONNX Runtime static QDQ; ``symmetric``: TensorRT explicit-quantization rules."""
     from fopro_edge.deploy import onnxruntime_backend as ob
-    from fopro_edge.deploy.onnx_backend import copy_metadata
+    from fopro_edge.deploy.onnx_backend import copy_metadata, subtract_from_logits as subtract_from_logits_onnx
 
     p = x.profile
     d = x.out / name
@@ -497,6 +507,7 @@ def _ort_backend(x: ExportContext, onnx_step: StepResult, *, name: str, title: s
         exclude_key="nodes_to_exclude", quantize=quantize, rank=rank, coverage=ob.int8_weighted_ops,
         runner=lambda path: OrtRunner(path, precision="int8", threads=p.threads, emulate_qdq=symmetric),
         from_qat=None if symmetric else from_qat, qat_preset="performance" if base.activation_type == "s8" else "mixed",
+        subtract_from_logits=None if symmetric else subtract_from_logits_onnx,
         check=ob.assert_trt_qdq if symmetric else (lambda path: None), methods=tuple(p.repair.methods), notes=notes,
         cleanup=(pre,),
     )
@@ -556,6 +567,7 @@ def _ov_backend(x: ExportContext, onnx_step: StepResult, scheme: Any) -> Int8Bac
         method_key="range_estimator", exclude_key="ignored_onnx_nodes", quantize=quantize,
         rank=lambda images: _rank_for_openvino(x, src, x.out / "ir-int8", images), coverage=vb.int8_weighted_ops,
         runner=lambda path: _ov_runner(x, path, "int8"), from_qat=from_qat, qat_preset=n.preset,
+        subtract_from_logits=vb.subtract_from_logits,
         methods=tuple(p.repair.range_estimators), accuracy_control=p.repair.accuracy_control and not n.accuracy_control,
         accuracy_control_first=n.accuracy_control,
         report_notes=lambda report: [_ov_precision_note(report.runtime_info)],

@@ -111,6 +111,9 @@ class QuantizationConfig:
 
     method: Literal["auto", "ptq", "qat"] = "auto"  # auto: PTQ, then QAT-KD when the gate fails
     deploy_cpu: Literal["auto", "avx2", "vnni", "arm"] = "auto"  # auto: this CPU (stated in the report)
+    # subtract the per-class shift INT8 leaves in the logits, fitted on the calibration images
+    # against the FP32 student (deploy/logit_offsets.py; ONNX Runtime and OpenVINO)
+    logit_offsets: bool = True
 
 
 @dataclass(frozen=True)
