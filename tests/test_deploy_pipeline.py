@@ -205,6 +205,12 @@ def test_cli_onnxruntime_int8_writes_artifact_calibration_timings_and_per_class_
         assert check["extra"]["settings"]["per_channel"]
     md = (out / "int8" / "check.md").read_text()
     assert _class_rows(md) == 5 and "right→wrong" in md and "- artifact: `int8/model.onnx`" in md
+    fitted = check["extra"]["settings"]["logit_offsets"]  # on by default, fitted on the calibration images
+    assert fitted["images"] == 85 and len(fitted["offsets"]) == 5 and abs(sum(fitted["offsets"])) < 1e-3
+    assert "per-class logit offsets subtracted (fitted on 85 calibration images" in md
+    import onnx
+
+    assert onnx.load(str(q)).graph.node[-1].name == "logit_offsets"  # in the file, not in the runner
     assert (out / "int8" / "FAILED").exists() == (res.exit_code == 5) == (check["status"] == "FAILED")
     report = (out / "report.md").read_text()
     assert "deployment CPU" in report and "calibration: 85 train images" in report
