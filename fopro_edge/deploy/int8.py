@@ -76,7 +76,7 @@ def int8_step(x: ExportContext, onnx_step: StepResult, b: Int8Backend, scheme: I
         path = d / f"try-{k}{b.suffix}"
         if plan.qat:
             result = _qat(x, b, scheme, probe=d / f"try-qat-probe{b.suffix}")
-            art, offsets = _offsets_out(x, b, b.from_qat(result.model, path), None)
+            art, offsets = _subtract_offsets(x, b, b.from_qat(result.model, path), None)
             extra["qat"] = result.summary()
             settings: dict[str, Any] = {"method": "qat-kd", "preset": b.qat_preset,
                                         "seven_bit_weights": scheme.reduce_range, "best_step": result.best_step,
@@ -92,7 +92,7 @@ def int8_step(x: ExportContext, onnx_step: StepResult, b: Int8Backend, scheme: I
                     ranking.extend(b.rank(x.ranking_images()))
                     extra["sensitivity_ranking"] = [{"node": n, "score": round(v, 4)} for n, v in ranking[:20]]
                 settings[b.exclude_key] = tuple(n for n, _ in ranking[: plan.float_layers])
-            art, offsets = _offsets_out(x, b, b.quantize(settings, images, path, plan.accuracy_control), size)
+            art, offsets = _subtract_offsets(x, b, b.quantize(settings, images, path, plan.accuracy_control), size)
             settings = {**settings, "calibration_size": size, "accuracy_control": plan.accuracy_control}
             used = len(c)
         if offsets is not None:
@@ -139,7 +139,7 @@ def _qat(x: ExportContext, b: Int8Backend, scheme: Int8Scheme, *, probe: Path):
     data = x.recipe.data
 
     def deployed_logits(model: Any) -> np.ndarray:
-        art, _ = _offsets_out(x, b, b.from_qat(model, probe), None)
+        art, _ = _subtract_offsets(x, b, b.from_qat(model, probe), None)
         try:
             with b.runner(art.path) as r:
                 return predict(r, x.check.batches(), x.profile.check.batch_size)
@@ -156,7 +156,7 @@ def _qat(x: ExportContext, b: Int8Backend, scheme: Int8Scheme, *, probe: Path):
         )
 
 
-def _offsets_out(x: ExportContext, b: Int8Backend, art: ModelArtifact, size: int | None) -> tuple[ModelArtifact, Any]:
+def _subtract_offsets(x: ExportContext, b: Int8Backend, art: ModelArtifact, size: int | None) -> tuple[ModelArtifact, Any]:
     """``art`` with the per-class logit offsets subtracted (:mod:`~fopro_edge.deploy.logit_offsets`), fitted on
     the calibration images of ``size`` (None: the base set); unchanged where the profile or backend has none."""
     from fopro_edge.deploy.logit_offsets import fit_offsets

@@ -6,8 +6,8 @@ quantized copy is then fine-tuned for a bounded number of steps on the train spl
 drawn more often (sqrt sampler), with logit KD from the frozen FP32 student plus the
 Balanced-Softmax loss (its prior follows the sampler), and stopped early on the selection images:
 the gate passed, then fewest rare right->wrong flips, then fewest changed predictions, then balanced
-accuracy. Those scores come from the artifact each checkpoint exports to, run by its runtime, because the runtime's
-INT8 kernels do not compute what PyTorch's fake quantizers compute (on the digits demo an
+accuracy. Those scores come from the artifact each checkpoint exports to, run by its runtime: the
+runtime's INT8 kernels do not compute what PyTorch's fake quantizers compute (on the digits demo an
 OpenVINO IR failed the gate where its fake-quantized source lost no rare image). The result is
 exported like any PyTorch model: QDQ ONNX for ONNX Runtime / TensorRT, an IR for OpenVINO.
 """
