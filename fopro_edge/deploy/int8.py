@@ -158,15 +158,16 @@ def _qat(x: ExportContext, b: Int8Backend, scheme: Int8Scheme, *, probe: Path):
 
 def _subtract_offsets(x: ExportContext, b: Int8Backend, art: ModelArtifact, size: int | None) -> tuple[ModelArtifact, Any]:
     """``art`` with the per-class logit offsets subtracted (:mod:`~fopro_edge.deploy.logit_offsets`), fitted on
-    the calibration images of ``size`` (None: the base set); unchanged where the profile or backend has none."""
+    class-stratified calibration images (``ExportContext.stratified_calibration``: those of ``size``, None for
+    the base set); unchanged where the profile or backend has none."""
     from fopro_edge.deploy.logit_offsets import fit_offsets
 
     if not x.profile.quantization.logit_offsets or b.subtract_from_logits is None:
         return art, None
-    _, images = x.calibration(size)
+    images, reference = x.stratified_calibration(size)
     with b.runner(art.path) as r:
         quantized = predict(r, [images], x.profile.check.batch_size)
-    offsets = fit_offsets(quantized, x.calibration_logits(size))
+    offsets = fit_offsets(quantized, reference)
     b.subtract_from_logits(art.path, offsets.offsets)
     return ModelArtifact.from_files(art.path, art.target, art.precision, extra_files=art.files[1:], parent=art.parent,
                                     metadata=art.metadata), offsets

@@ -3,8 +3,8 @@
 INT8 error is partly per-image noise and partly a shift of each class's logit that every image
 shares. On MobileNetV3-Large seed 0 of the digits demo (OpenVINO, AVX2 CPU), digit_8's INT8 logit sat
 0.7 above the FP32 student's on val and on test alike, digit_2's 0.6 below, so close calls tipped
-towards digit_8. The shift is fitted on the calibration images (train split: never a check image)
-against the FP32 student, ``quantized ≈ scale · fp32 + offset[class]`` with one common scale, and the
+towards digit_8. The shift is fitted on class-stratified calibration images (train split: never a
+check image) against the FP32 student, ``quantized ≈ scale · fp32 + offset[class]`` with one common scale, and the
 artifact subtracts the offsets with an ``Add`` on its output. A shift of all logits by the same
 amount changes no prediction, so the offsets are centred.
 """

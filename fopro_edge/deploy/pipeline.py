@@ -360,14 +360,18 @@ class ExportContext:
         self._cal_cache[key] = (cal, images)
         return cal, images
 
-    def calibration_logits(self, size: int | None = None) -> np.ndarray:
-        """The PyTorch student's logits on the images of :meth:`calibration` (``size`` as there)."""
+    def stratified_calibration(self, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Class-stratified train images (every rare class in) and the PyTorch student's logits on them:
+        the images of :meth:`calibration` (``size`` as there), or, where the base set comes from
+        ``calibration.indices_file`` (any images a user chose), a stratified set of the profile's size."""
+        if size is None and self.profile.calibration.indices_file:
+            size = self.profile.calibration.size
         key = -1 if size is None else int(size)
+        _, images = self.calibration(size)
         if key not in self._cal_logits:
-            _, images = self.calibration(size)
             with TorchRunner(self.student, threads=self.profile.threads) as ref:
                 self._cal_logits[key] = predict(ref, [images])
-        return self._cal_logits[key]
+        return images, self._cal_logits[key]
 
     def base_metadata(self, onnx_path: Path) -> dict[str, str]:
         from fopro_edge.deploy.onnx_backend import read_metadata
