@@ -40,6 +40,7 @@ def _tiny_onnx(path, k=4):
     onnx.save(model, str(path))
 
 
+@pytest.mark.onnx
 def test_an_onnx_model_subtracts_the_offsets_and_keeps_its_metadata(tmp_path):
     from fopro_edge.deploy.onnx_backend import read_metadata, subtract_from_logits
     from fopro_edge.deploy.runners import OrtRunner
@@ -58,10 +59,11 @@ def test_an_onnx_model_subtracts_the_offsets_and_keeps_its_metadata(tmp_path):
 @pytest.mark.openvino
 def test_an_ir_subtracts_the_offsets_and_keeps_its_rt_info_and_output_name(tmp_path):
     import openvino as ov
-    from openvino import opset13 as ops
 
-    from fopro_edge.deploy.openvino_backend import read_rt_info, subtract_from_logits
+    from fopro_edge.deploy.openvino_backend import opset, read_rt_info, subtract_from_logits
     from fopro_edge.deploy.runners import OpenVINORunner
+
+    ops = opset()
 
     x_in = ops.parameter([-1, 4], np.float32, name="input")
     y = ops.multiply(x_in, ops.constant(np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)))

@@ -264,12 +264,21 @@ def read_rt_info(xml_path: str | Path, section: Sequence[str] = ("fopro_edge",))
     return out
 
 
+def opset() -> Any:
+    """OpenVINO's opset 13 node factories: ``openvino.opset13`` (2025 on) or ``openvino.runtime.opset13``."""
+    _ov()
+    try:
+        from openvino import opset13
+    except ImportError:  # openvino < 2025
+        from openvino.runtime import opset13
+    return opset13
+
+
 def subtract_from_logits(xml_path: str | Path, values: Sequence[float]) -> None:
     """Rewrite the IR so that its output is what it was minus ``values`` (one per class): an ``Add``
     of a constant in front of the result, which takes over the output's tensor names. rt_info stays."""
     ov = _ov()
-    from openvino import opset13 as ops
-
+    ops = opset()
     xml_path = Path(xml_path)
     model = ov.Core().read_model(str(xml_path))
     result = model.get_results()[0]
