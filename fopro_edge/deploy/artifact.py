@@ -47,6 +47,11 @@ class ModelArtifact:
             metadata=dict(metadata or {}),
         )
 
+    def rehashed(self) -> ModelArtifact:
+        """The same artifact after its files were rewritten in place: size and hash read again."""
+        return ModelArtifact.from_files(self.path, self.target, self.precision, extra_files=self.files[1:],
+                                        parent=self.parent, metadata=self.metadata)
+
     @property
     def size_mib(self) -> float:
         return self.size_bytes / (1 << 20)

@@ -169,8 +169,7 @@ def _subtract_offsets(x: ExportContext, b: Int8Backend, art: ModelArtifact, size
         quantized = predict(r, [images], x.profile.check.batch_size)
     offsets = fit_offsets(quantized, reference)
     b.subtract_from_logits(art.path, offsets.offsets)
-    return ModelArtifact.from_files(art.path, art.target, art.precision, extra_files=art.files[1:], parent=art.parent,
-                                    metadata=art.metadata), offsets
+    return art.rehashed(), offsets
 
 
 def _offsets_notes(settings: dict[str, Any], class_names: list[str]) -> list[str]:

@@ -291,6 +291,6 @@ def subtract_from_logits(xml_path: str | Path, values: Sequence[float]) -> None:
     model.validate_nodes_and_infer_types()
     tmp = xml_path.with_name(f".{xml_path.stem}.tmp.xml")
     ov.save_model(model, str(tmp), compress_to_fp16=False)
-    del model, result, source, add
+    del model, result, source, add  # release the mapped .bin before it is replaced
     tmp.with_suffix(".bin").replace(xml_path.with_suffix(".bin"))
     tmp.replace(xml_path)

@@ -485,7 +485,7 @@ def _ort_backend(x: ExportContext, onnx_step: StepResult, *, name: str, title: s
                               metadata_source=src, target=x.target)
         if symmetric:  # TensorRT: Q/DQ only in front of weighted ops and residual Adds
             ob.place_for_tensorrt(path)
-            art = ModelArtifact.from_files(path, art.target, art.precision, metadata=art.metadata)
+            art = art.rehashed()
         return replace(art, parent=onnx_step.artifact.sha256)
 
     def rank(images: np.ndarray) -> list[tuple[str, float]]:
