@@ -53,6 +53,9 @@ def rows_of(run: Path) -> list[dict]:
                 "confirm_rare_losses": c.flips.rare_losses if c else None,
                 "confirm_rare_text": c.flips.rare_text() if c else None,
                 "confirm_lost_gaps": [x.reference_gap for x in c.rare_lost] if c else None,
+                "confirm_lost_to": [x.predicted for x in c.rare_lost] if c else None,
+                "qat": step.extra.get("qat"),  # QAT-KD's steps and scores where it ran
+                "logit_offsets": _largest_offsets(step.extra.get("settings", {}), [k.name for k in g.classes]),
                 "confirm_margin_shift": _shift(c.rare_margin_shift) if c else None,
             })
     return out
@@ -76,6 +79,15 @@ def summaries(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _largest_offsets(settings: dict, class_names: list[str], k: int = 3) -> dict[str, float] | None:
+    """The kept try's largest per-class logit offsets (what the artifact subtracts), by class name."""
+    fitted = settings.get("logit_offsets")
+    if not fitted:
+        return None
+    offsets = fitted["offsets"]
+    return {class_names[i]: offsets[i] for i in sorted(range(len(offsets)), key=lambda i: -abs(offsets[i]))[:k]}
+
+
 def _shift(m) -> dict | None:
     if m is None:
         return None
@@ -93,8 +105,14 @@ def _shift_cell(m: dict | None) -> str:
 def _lost(r: dict) -> str:
     if r["confirm_rare_rw"] is None:
         return "–"
-    gaps = r["confirm_lost_gaps"] or []
-    return r["confirm_rare_text"] + (f"; gaps {', '.join(f'{g:.2f}' for g in gaps)}" if gaps else "")
+    gaps, to = r["confirm_lost_gaps"] or [], r.get("confirm_lost_to") or []
+    lost = [f"{g:.2f}" + (f" →{t}" if t else "") for g, t in zip(gaps, to or [None] * len(gaps))]
+    return r["confirm_rare_text"] + (f"; gaps {', '.join(lost)}" if lost else "")
+
+
+def _offsets_cell(r: dict) -> str:
+    o = r.get("logit_offsets")
+    return "–" if not o else ", ".join(f"{c} {v:+.2f}" for c, v in o.items())
 
 
 def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> str:
@@ -110,14 +128,15 @@ def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> 
         "Rare margin shift: the rare images' mean true-class margin change on confirmation (logits, artifact "
         "minus FP32, beyond the common scale of all margins) with its 95 % bootstrap interval. Rare lost (gate): "
         "what `max_rare_right_to_wrong` limits, clear losses plus close calls lost beyond those gained where "
-        "that interval lies below zero (eroded).", "",
-        "| recipe | seed | target | status | kept | INT8 ops | selection | rare r→w | flips | confirmation | rare r→w | rare margin shift | rare lost (gate) | flips |",
-        "|---|---:|---|---|---|---:|---|---:|---:|---|---:|---|---:|---:|",
+        "that interval lies below zero (eroded). Logit offsets: the largest per-class offsets the kept artifact "
+        "subtracts (fitted on the calibration images; – where none).", "",
+        "| recipe | seed | target | status | kept | INT8 ops | logit offsets | selection | rare r→w | flips | confirmation | rare r→w (gaps →predicted) | rare margin shift | rare lost (gate) | flips |",
+        "|---|---:|---|---|---|---:|---|---|---:|---:|---|---|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['recipe']} | {r['seed']} | {r['target']} | {r['status']} | {r['kept']} | {r['int8_ops']}/{r['weighted_ops']} | "
-            f"{r['select_split']} {pct(r['select_ref'])} → {pct(r['select_int8'])} | {r['select_rare_text']} | {r['select_flips']} | "
+            f"{_offsets_cell(r)} | {r['select_split']} {pct(r['select_ref'])} → {pct(r['select_int8'])} | {r['select_rare_text']} | {r['select_flips']} | "
             f"{r['confirm_split'] or '–'} {pct(r['confirm_ref'])} → {pct(r['confirm_int8'])} | {_lost(r)} | "
             f"{_shift_cell(r.get('confirm_margin_shift'))} | "
             f"{'–' if r.get('confirm_rare_losses') is None else r['confirm_rare_losses']} | "
