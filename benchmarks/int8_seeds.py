@@ -40,6 +40,7 @@ def rows_of(run: Path) -> list[dict]:
             out.append({
                 "recipe": recipe.name, "seed": recipe.seed, "run": run.name, "target": result.target, "step": step.name,
                 "status": step.status, "kept": f"try {chosen.number}: {chosen.label}" if chosen else "try 1",
+                "deploy_cpu": _deploy_cpu(step.extra.get("deploy_cpu"), result.target),
                 "int8_ops": int8_ops.get("int8"), "weighted_ops": int8_ops.get("total"),
                 "select_split": g.split, "select_ref": g.reference.balanced_accuracy, "select_int8": g.candidate.balanced_accuracy,
                 "select_flips": g.flips.total, "select_rare_rw": g.flips.rare_right_to_wrong,
@@ -77,6 +78,16 @@ def summaries(rows: list[dict]) -> list[dict]:
             "min_int8_coverage": min(cov) if cov else None,
         })
     return out
+
+
+def _deploy_cpu(scheme: dict | None, target: str) -> str:
+    """The CPU class the artifact was made for, and how this CPU checked it where the two differ."""
+    if not scheme:
+        return "–"
+    if scheme["deploy_cpu"] == scheme["check_cpu"]:
+        return scheme["deploy_cpu"]
+    how = "exact Q/DQ" if scheme.get("exact_check") and target == "onnxruntime" else "kernels"
+    return f"{scheme['deploy_cpu']} ({how} on {scheme['check_cpu']})"
 
 
 def _largest_offsets(settings: dict, class_names: list[str], k: int = 3) -> dict[str, float] | None:
@@ -129,13 +140,15 @@ def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> 
         "minus FP32, beyond the common scale of all margins) with its 95 % bootstrap interval. Rare lost (gate): "
         "what `max_rare_right_to_wrong` limits, clear losses plus close calls lost beyond those gained where "
         "that interval lies below zero (eroded). Logit offsets: the largest per-class offsets the kept artifact "
-        "subtracts (fitted on the calibration images; – where none).", "",
-        "| recipe | seed | target | status | kept | INT8 ops | logit offsets | selection | rare r→w | flips | confirmation | rare r→w (gaps →predicted) | rare margin shift | rare lost (gate) | flips |",
-        "|---|---:|---|---|---|---:|---|---|---:|---:|---|---|---|---:|---:|",
+        "subtracts (fitted on the calibration images; – where none). Deploy CPU: the CPU class the artifact was "
+        "made for; where it is not this CPU's, how the gate ran it here (exact Q/DQ: the Q/DQ ops run as written, "
+        "the integer arithmetic of a CPU that does not saturate).", "",
+        "| recipe | seed | target | deploy CPU | status | kept | INT8 ops | logit offsets | selection | rare r→w | flips | confirmation | rare r→w (gaps →predicted) | rare margin shift | rare lost (gate) | flips |",
+        "|---|---:|---|---|---|---|---:|---|---|---:|---:|---|---|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['recipe']} | {r['seed']} | {r['target']} | {r['status']} | {r['kept']} | {r['int8_ops']}/{r['weighted_ops']} | "
+            f"| {r['recipe']} | {r['seed']} | {r['target']} | {r.get('deploy_cpu', '–')} | {r['status']} | {r['kept']} | {r['int8_ops']}/{r['weighted_ops']} | "
             f"{_offsets_cell(r)} | {r['select_split']} {pct(r['select_ref'])} → {pct(r['select_int8'])} | {r['select_rare_text']} | {r['select_flips']} | "
             f"{r['confirm_split'] or '–'} {pct(r['confirm_ref'])} → {pct(r['confirm_int8'])} | {_lost(r)} | "
             f"{_shift_cell(r.get('confirm_margin_shift'))} | "

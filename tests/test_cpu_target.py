@@ -30,7 +30,9 @@ def test_vnni_keeps_eight_bit_weights_and_times_the_activation_format_only_on_a_
     assert not here.reduce_range and here.overflow_fix == "first_layer_only" and here.ort_activation is None
     elsewhere = int8_scheme("vnni", check_cpu=CpuClass.AVX2)
     assert elsewhere.ort_activation == "u8" and not elsewhere.reduce_range
-    assert any("pessimistic" in n for n in elsewhere.notes)  # checked where it saturates, deployed where it does not
+    # checked where it saturates, deployed where it does not: ONNX Runtime checks with exact integer arithmetic
+    assert elsewhere.exact_check and not here.exact_check
+    assert not int8_scheme("avx2", check_cpu=CpuClass.VNNI).exact_check  # exact here, 7-bit weights: nothing to emulate
 
 
 def test_arm_gets_signed_activations():

@@ -216,6 +216,27 @@ def test_cli_onnxruntime_int8_writes_artifact_calibration_timings_and_per_class_
     assert "deployment CPU" in report and "calibration: 85 train images" in report
 
 
+@pytest.mark.onnx
+def test_onnxruntime_int8_for_a_vnni_cpu_is_checked_with_exact_integer_arithmetic_on_a_cpu_that_saturates(
+        checkpoint, tmp_path, monkeypatch):
+    """8-bit weights saturate this CPU's u8 x s8 kernels but not the VNNI deployment CPU's: the gate runs the
+    Q/DQ ops as written (exact int32 accumulation, what VNNI computes), not the saturating kernels here."""
+    from fopro_edge.deploy import cpu_target
+
+    monkeypatch.setattr(cpu_target, "this_cpu", lambda: cpu_target.CpuClass.AVX2)
+    out = tmp_path / "ort"
+    res = _cli("--target", "onnxruntime", "--precision", "int8", "--checkpoint", str(checkpoint), "--out", str(out),
+               "--no-repair", "--set", "quantization.deploy_cpu=vnni", *FAST)
+    assert res.exit_code in (0, 5), res.output
+    check = json.loads((out / "int8" / "check.json").read_text())
+    scheme = check["extra"]["deploy_cpu"]
+    assert scheme["deploy_cpu"] == "vnni" and scheme["check_cpu"] == "avx2" and scheme["exact_check"]
+    assert not check["extra"]["settings"]["reduce_range"]  # 8-bit weights: exact on the deployment CPU
+    for gate in (check["gate"], check["confirmation"]):
+        assert gate["runtime_info"]["qdq"].startswith("emulated")
+    assert "exact integer arithmetic of the deployment CPU" in (out / "int8" / "check.md").read_text()
+
+
 TORCH_BLOCKED = """
 import sys
 class _NoTorch:

@@ -57,6 +57,9 @@ class Int8Scheme:
     ort_activation: str | None  # u8 | s8 | None (time both here)
     overflow_fix: str  # NNCF: enable (7-bit weights everywhere) | first_layer_only
     notes: tuple[str, ...] = ()
+    # this CPU saturates where the deployment CPU does not: ONNX Runtime checks with the Q/DQ ops run as
+    # written (exact int32 arithmetic, what the deployment CPU computes), not with this CPU's kernels
+    exact_check: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,12 +81,15 @@ def int8_scheme(deploy_cpu: str = "auto", check_cpu: CpuClass | None = None) -> 
     else:
         notes.append("VNNI: exact int32 accumulation, full 8-bit weights")
         activation = None if here is CpuClass.VNNI else "u8"
-    if here.saturates and not target.saturates:
-        notes.append(f"this CPU saturates where the {target.value} deployment CPU does not: the check here is "
-                     "pessimistic; verify the artifact on the deployment CPU")
+    exact_check = here.saturates and not target.saturates
+    if exact_check:
+        notes.append(f"this CPU saturates where the {target.value} deployment CPU does not: ONNX Runtime is checked "
+                     "with the Q/DQ ops run as written (the exact integer arithmetic of the deployment CPU), "
+                     "OpenVINO with this CPU's kernels (pessimistic); verify the artifact on the deployment CPU")
     elif here is not target and not target.saturates:
         notes.append(f"checked on {here.value}, deployed on {target.value}: verify the artifact on the deployment CPU")
     return Int8Scheme(
         deploy_cpu=target.value, requested=deploy_cpu, check_cpu=here.value, reduce_range=target.saturates,
         ort_activation=activation, overflow_fix="enable" if target.saturates else "first_layer_only", notes=tuple(notes),
+        exact_check=exact_check,
     )
