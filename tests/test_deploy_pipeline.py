@@ -235,6 +235,15 @@ def test_onnxruntime_int8_for_a_vnni_cpu_is_checked_with_exact_integer_arithmeti
     for gate in (check["gate"], check["confirmation"]):
         assert gate["runtime_info"]["qdq"].startswith("emulated")
     assert "exact integer arithmetic of the deployment CPU" in (out / "int8" / "check.md").read_text()
+    # verified on this (saturating) CPU, the artifact's result says it was made for another
+    from fopro_edge.deploy.bundle import read_bundle, verify
+
+    assert read_bundle(out / "int8" / "verify-bundle").manifest["deploy_cpu"] == "vnni"
+    v = verify(out / "int8" / "model.onnx", out / "int8" / "verify-bundle", threads=1)
+    assert len(v.notes) == 1 and "made for CPU class vnni, verified on CPU class avx2" in v.notes[0]
+    assert v.notes[0] in v.to_markdown()
+    monkeypatch.setattr(cpu_target, "this_cpu", lambda: cpu_target.CpuClass.VNNI)
+    assert not verify(out / "int8" / "model.onnx", out / "int8" / "verify-bundle", threads=1).notes  # where it belongs
 
 
 TORCH_BLOCKED = """

@@ -74,6 +74,7 @@ def write_bundle(
     confirmation: SplitData | None,
     reports: Mapping[str, GateReport | None],
     runtime_options: Mapping[str, Any] | None = None,
+    deploy_cpu: str | None = None,
     written: dict[str, Path] | None = None,
 ) -> Path:
     """Write ``step_dir/verify-bundle``. ``written``: split files written earlier, by fingerprint
@@ -104,6 +105,7 @@ def write_bundle(
         "thresholds": asdict(thresholds),
         "preprocessing": dict(preprocessing),
         "runtime_options": dict(runtime_options or {}),
+        "deploy_cpu": deploy_cpu,  # the CPU class an INT8 artifact was made for (avx2 | vnni | arm), else None
         "splits": files,
         "export": {role: _summary(r) for role, r in reports.items() if r is not None},
     }
@@ -187,6 +189,7 @@ class VerifyResult:
     runtime_info: dict[str, Any]
     reports: dict[str, GateReport]  # role -> gate report (selection, confirmation)
     reproduced: dict[str, list[str]]  # role -> differences from the export's gate (empty: identical)
+    notes: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -199,7 +202,8 @@ class VerifyResult:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "artifact": self.artifact, "artifact_sha256": self.artifact_sha256,
                 "same_file": self.same_file, "runtime": self.runtime, "runtime_info": self.runtime_info,
-                "reproduced": self.reproduced, "reports": {k: v.to_dict() for k, v in self.reports.items()}}
+                "reproduced": self.reproduced, "notes": list(self.notes),
+                "reports": {k: v.to_dict() for k, v in self.reports.items()}}
 
     def to_markdown(self) -> str:
         lines = [f"# Verify: {Path(self.artifact).name} — {self.status}", "",
@@ -208,6 +212,7 @@ class VerifyResult:
                     "e.g. an engine built here; its own gate below)"),
                  f"- runtime: {self.runtime}" + "".join(f"; {k}: {v}" for k, v in self.runtime_info.items()
                                                         if not isinstance(v, (dict, list)))]
+        lines += [f"- {n}" for n in self.notes]
         for role, diffs in self.reproduced.items():
             lines.append(f"- {role}: " + ("reproduces the export's gate exactly (same flips, same per-class recall, "
                                           "same verdict)" if not diffs else "differs from the export's gate: "
@@ -278,7 +283,25 @@ def verify(artifact: str | Path, bundle: str | Path, *, threads: int | None = No
         runtime, info = runner.name, dict(runner.info)
     if not reports:
         raise ConfigError(f"--bundle: {b.root}/bundle.json lists no split to check")
-    return VerifyResult(str(path), digest, digest == m["artifact"]["sha256"], runtime, info, reports, reproduced)
+    return VerifyResult(str(path), digest, digest == m["artifact"]["sha256"], runtime, info, reports, reproduced,
+                        _cpu_notes(None if m["target"] == "tensorrt" else m.get("deploy_cpu"), runtime))
+
+
+def _cpu_notes(deploy_cpu: str | None, runtime: str) -> tuple[str, ...]:
+    """Where a CPU INT8 artifact made for one CPU class is verified on another, say what that means."""
+    from fopro_edge.deploy.cpu_target import CpuClass, this_cpu
+
+    if not deploy_cpu or runtime not in ("onnxruntime", "openvino"):
+        return ()
+    here = this_cpu()
+    if here.value == deploy_cpu:
+        return ()
+    if here.saturates and not CpuClass(deploy_cpu).saturates:
+        why = "its 8-bit weights can saturate this CPU's integer kernels, so results here can be worse than there"
+    else:
+        why = "integer kernels differ between CPU classes"
+    return (f"made for CPU class {deploy_cpu}, verified on CPU class {here.value}: {why}; the verdict that counts is the "
+            "one on the deployment CPU",)
 
 
 def write_result(result: VerifyResult, out: Path) -> None:

@@ -429,7 +429,7 @@ class ExportContext:
             selection=selection, confirmation=confirmation,
             reports={"selection": step.gate, "confirmation": step.confirmation},
             runtime_options={"inference_precision": getattr(self.profile, "inference_precision", "f32")},
-            written=self._bundle_files,
+            deploy_cpu=(step.extra.get("deploy_cpu") or {}).get("deploy_cpu"), written=self._bundle_files,
         )
 
 
