@@ -1,8 +1,9 @@
-"""The verify bundle's split files: shared between steps by content, never by name."""
+"""The verify bundle: split files shared between steps by content, never by name; the CPU an artifact was made for."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fopro_edge.deploy.bundle import SplitData, write_bundle
 from fopro_edge.deploy.profiles import GateConfig
@@ -38,3 +39,21 @@ def test_steps_share_split_files_of_equal_content_only_and_drop_a_stale_confirma
     _write(tmp_path / "a", sel, None, {})
     assert not (a / "confirmation.npz").exists() and (a / "selection.npz").is_file()
     assert sel.fingerprint() != SplitData("test", sel.images, sel.labels, sel.reference).fingerprint()
+
+
+@pytest.mark.parametrize(("made_for", "here", "noted"), [
+    ("avx2", "avx2", False),
+    ("avx2", "vnni", False),  # 7-bit weights compute the same where nothing saturates
+    ("vnni", "avx2", True),  # 8-bit weights can saturate here
+    ("arm", "avx2", True),
+    ("vnni", "arm", True),
+    (None, "avx2", False),  # not an INT8 artifact
+])
+def test_verify_notes_an_artifact_made_for_another_cpu_class(made_for, here, noted, monkeypatch):
+    from fopro_edge.deploy import bundle, cpu_target
+
+    monkeypatch.setattr(cpu_target, "this_cpu", lambda: cpu_target.CpuClass(here))
+    notes = bundle._cpu_notes(made_for, "onnxruntime")
+    assert bool(notes) is noted
+    if noted:
+        assert f"made for CPU class {made_for}, verified on CPU class {here}" in notes[0]

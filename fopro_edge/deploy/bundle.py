@@ -293,13 +293,13 @@ def _cpu_notes(deploy_cpu: str | None, runtime: str) -> tuple[str, ...]:
 
     if not deploy_cpu or runtime not in ("onnxruntime", "openvino"):
         return ()
-    here = this_cpu()
-    if here.value == deploy_cpu:
+    here, target = this_cpu(), CpuClass(deploy_cpu)
+    if here is target or (target.saturates and here is CpuClass.VNNI):  # 7-bit weights: exact on both
         return ()
-    if here.saturates and not CpuClass(deploy_cpu).saturates:
+    if here.saturates and not target.saturates:
         why = "its 8-bit weights can saturate this CPU's integer kernels, so results here can be worse than there"
     else:
-        why = "integer kernels differ between CPU classes"
+        why = "x86 and Arm run different integer kernels"
     return (f"made for CPU class {deploy_cpu}, verified on CPU class {here.value}: {why}; the verdict that counts is the "
             "one on the deployment CPU",)
 
