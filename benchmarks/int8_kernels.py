@@ -46,7 +46,8 @@ def rows_of(run: Path, threads: int) -> list[dict]:
         bundle = read_bundle(art.parent / "verify-bundle")
         m, thresholds = bundle.manifest, bundle.thresholds
         scheme = step.extra.get("deploy_cpu") or {}
-        weights = "7-bit" if step.extra.get("settings", {}).get("reduce_range") else "8-bit"
+        settings = step.extra.get("settings", {})
+        weights = "7-bit" if settings.get("reduce_range", settings.get("seven_bit_weights")) else "8-bit"  # PTQ | QAT-KD
         for role in ("selection", "confirmation"):
             data = bundle.split(role)
             if data is None:
