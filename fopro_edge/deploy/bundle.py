@@ -288,19 +288,16 @@ def verify(artifact: str | Path, bundle: str | Path, *, threads: int | None = No
 
 
 def _cpu_notes(deploy_cpu: str | None, runtime: str) -> tuple[str, ...]:
-    """Where a CPU INT8 artifact made for one CPU class is verified on another, say what that means."""
-    from fopro_edge.deploy.cpu_target import CpuClass, this_cpu
+    """Where a CPU INT8 artifact is verified on a CPU that computes it differently, say so."""
+    from fopro_edge.deploy.cpu_target import CpuClass, computes_differently, this_cpu
 
     if not deploy_cpu or runtime not in ("onnxruntime", "openvino"):
         return ()
-    here, target = this_cpu(), CpuClass(deploy_cpu)
-    if here is target or (target.saturates and here is CpuClass.VNNI):  # 7-bit weights: exact on both
+    here = this_cpu()
+    if not computes_differently(CpuClass(deploy_cpu), here):
         return ()
-    if here.saturates and not target.saturates:
-        why = "its 8-bit weights can saturate this CPU's integer kernels, so results here can be worse than there"
-    else:
-        why = "x86 and Arm run different integer kernels"
-    return (f"made for CPU class {deploy_cpu}, verified on CPU class {here.value}: {why}; the verdict that counts is the "
+    return (f"made for CPU class {deploy_cpu}, verified on CPU class {here.value}: its 8-bit weights can saturate "
+            "this CPU's integer kernels, so results here can be worse than there; the verdict that counts is the "
             "one on the deployment CPU",)
 
 

@@ -29,6 +29,13 @@ class CpuClass(StrEnum):
 
 
 DEPLOY_CPU_CHOICES = ("auto", *(c.value for c in CpuClass))
+
+
+def computes_differently(made_for: CpuClass, here: CpuClass) -> bool:
+    """Whether an INT8 model made for ``made_for`` computes other numbers on ``here``: only where this CPU
+    saturates and the deployment CPU does not (8-bit weights). 7-bit weights, and every CPU that accumulates
+    in int32, give the exact result."""
+    return here.saturates and not made_for.saturates
 _VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
@@ -81,7 +88,7 @@ def int8_scheme(deploy_cpu: str = "auto", check_cpu: CpuClass | None = None) -> 
     else:
         notes.append("VNNI: exact int32 accumulation, full 8-bit weights")
         activation = None if here is CpuClass.VNNI else "u8"
-    exact_check = here.saturates and not target.saturates
+    exact_check = computes_differently(target, here)
     if exact_check:
         notes.append(f"this CPU saturates where the {target.value} deployment CPU does not: ONNX Runtime is checked "
                      "with the Q/DQ ops run as written (the exact integer arithmetic of the deployment CPU), "

@@ -1,11 +1,12 @@
 """Per-class logit offsets: the systematic part of INT8's error, fitted and folded back out.
 
 INT8 error is partly per-image noise and partly a shift of each class's logit that every image
-shares. On MobileNetV3-Large seed 0 of the digits demo (OpenVINO, AVX2 CPU) the offsets of digit_8 and
-digit_4 are +0.71 and +0.67, and the rare close calls that IR lost without them went to those two
-classes (benchmarks/results/int8_seeds_avx2_offsets_*.md). The shift is fitted on class-stratified calibration images (train split: never a
-check image) against the FP32 student, ``quantized ≈ scale · fp32 + offset[class]`` with one common scale, and the
-artifact subtracts the offsets with an ``Add`` on its output. A shift of all logits by the same
+shares. On MobileNetV3-Large seed 0 of the digits demo (OpenVINO, AVX2 CPU) the offsets of digit_8
+and digit_4 are +0.71 and +0.67, and the rare close calls that IR lost without them went to those two
+classes (benchmarks/results/int8_seeds_avx2_offsets_*.md). The shift is fitted on class-stratified
+calibration images (train split: never a check image) against the FP32 student,
+``quantized ≈ scale · fp32 + offset[class]`` with one common scale, and the artifact subtracts the
+offsets with an ``Add`` on its output. A shift of all logits by the same
 amount changes no prediction, so the offsets are centred.
 """
 

@@ -509,7 +509,8 @@ def _ort_backend(x: ExportContext, onnx_step: StepResult, *, name: str, title: s
     return Int8Backend(
         step=name, title=title, suffix=".onnx", base_label=label, base=base.to_dict(), method_key="method",
         exclude_key="nodes_to_exclude", quantize=quantize, rank=rank, coverage=ob.int8_weighted_ops,
-        runner=lambda path: OrtRunner(path, precision="int8", threads=p.threads, emulate_qdq=symmetric or scheme.exact_check),
+        runner=lambda path: OrtRunner(path, precision="int8", threads=p.threads,
+                                      emulate_qdq=symmetric or scheme.exact_check),
         from_qat=None if symmetric else from_qat, qat_preset="performance" if base.activation_type == "s8" else "mixed",
         subtract_from_logits=None if symmetric else subtract_from_logits_onnx,
         check=ob.assert_trt_qdq if symmetric else (lambda path: None), methods=tuple(p.repair.methods), notes=notes,
