@@ -154,7 +154,8 @@ def test_export_manifests_list_each_artifact_once(tmp_path):
     run = tmp_path
     names = [(t.name, t.backend, t.precision) for t in run_targets(run, student=False, teacher=False)]
     assert names == [("onnx", "onnxruntime", "fp32"), ("onnxruntime/int8", "onnxruntime", "int8"),
-                     ("openvino/ir-int8", "openvino", "int8"), ("tensorrt/engine/model.int8", "tensorrt", "int8")]
+                     ("openvino/ir-int8", "openvino", "int8"), ("tensorrt/engine/model.int8", "tensorrt", "int8"),
+                     ("onnx (in openvino) (bf16)", "openvino", "fp32")]  # OpenVINO INT8's own FP32 baseline
 
 
 def test_scan_fallback_skips_intermediates_and_reads_failed_markers(tmp_path):
@@ -189,3 +190,38 @@ def test_targets_for_artifact_kinds_and_errors(tmp_path):
     assert run_targets(tmp_path, student=False, teacher=False) == []
     with pytest.raises(ConfigError, match="backend"):
         Target("x", "tflite")
+
+
+def test_int8_verdict_compares_each_runtime_with_its_own_fp32_of_the_same_network():
+    """ORT INT8 2.2x faster than ORT FP32 while OpenVINO INT8 is slower than OpenVINO FP32 (and than ORT FP32):
+    each line says so of its own runtime; a ResNet's INT8 is never measured against a MobileNet's FP32."""
+    from fopro_edge.bench.report import int8_verdict
+
+    ort32 = Target("onnx", "onnxruntime", "fp32", path="m.onnx", group="mnv3", gate="PASSED")
+    ort8 = Target("onnxruntime/int8", "onnxruntime", "int8", path="q.onnx", group="mnv3", gate="PASSED")
+    ov32 = Target("onnx (in openvino)", "openvino", "fp32", path="m.onnx", group="mnv3", gate="PASSED")
+    ov8 = Target("openvino/ir-int8", "openvino", "int8", path="m.xml", group="mnv3", gate="PASSED")
+    r50 = Target("resnet50 int8", "onnxruntime", "int8", path="r.onnx", group="resnet50")
+    ms = (_m(ort32, 0.534), _m(ort8, 0.247), _m(ov32, 0.500), _m(ov8, 0.600), _m(r50, 7.0))
+    lines = int8_verdict(BenchReport(ms, BenchConfig(batch_sizes=(1,), threads=(2,)), {}, ""))
+    assert lines == [
+        "b1 t2: onnxruntime INT8 is faster than its FP32 on this CPU: onnxruntime/int8 p50 0.247 ms vs onnx 0.534 ms (2.16x)",
+        "b1 t2: openvino INT8 is no faster than its FP32 on this CPU: openvino/ir-int8 p50 0.600 ms vs onnx (in openvino) "
+        "0.500 ms (0.83x)",
+        "b1 t2: resnet50 int8: no FP32 model of the same network was measured in onnxruntime to compare it with",
+        "b1 t2: fastest artifact that passed its gate: onnxruntime/int8 (int8, p50 0.247 ms)",
+    ]
+
+
+def test_same_runtime_fp32_adds_the_onnx_file_to_a_runtime_that_has_only_int8():
+    from fopro_edge.bench.targets import same_runtime_fp32
+
+    ort32 = Target("onnx", "onnxruntime", "fp32", path="m.onnx", group="mnv3", gate="PASSED",
+                   options={"providers": ["CPUExecutionProvider"]})
+    ort8 = Target("onnxruntime/int8", "onnxruntime", "int8", path="q.onnx", group="mnv3",
+                  options={"providers": ["CPUExecutionProvider"]})
+    ov8 = Target("openvino/ir-int8", "openvino", "int8", path="m.xml", group="mnv3", options={"inference_precision": "f32"})
+    added = same_runtime_fp32([STUDENT, ort32, ort8, ov8])
+    assert added == [Target("onnx (in openvino) (f32)", "openvino", "fp32", path="m.onnx", group="mnv3", gate="PASSED",
+                            options={"inference_precision": "f32"})]
+    assert same_runtime_fp32([ort32, ort8]) == [] and same_runtime_fp32([ov8]) == []

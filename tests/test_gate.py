@@ -11,8 +11,8 @@ import pytest
 from fopro_edge.deploy.gate import Interval, bootstrap_intervals, evaluate_gate, sign_test_p
 from fopro_edge.deploy.profiles import GateConfig
 
-# only the rule under test decides: balanced accuracy and flip rate opened up
-CLASS_RULE_ONLY = GateConfig(max_balanced_accuracy_drop=1.0, max_flip_rate=None)
+# only the rule under test decides: balanced accuracy, flip rate and fidelity opened up
+CLASS_RULE_ONLY = GateConfig(max_balanced_accuracy_drop=1.0, max_flip_rate=None, max_mean_kl=None)
 
 
 def _logits(preds: np.ndarray, k: int) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_large_non_rare_class_is_limited_to_ten_points(lost, passed):
 
 def test_non_rare_class_limit_none_is_not_checked():
     labels = np.repeat([0, 1], [100, 100])
-    cfg = GateConfig(max_balanced_accuracy_drop=1.0, max_flip_rate=None, max_class_recall_drop=None)
+    cfg = GateConfig(max_balanced_accuracy_drop=1.0, max_flip_rate=None, max_class_recall_drop=None, max_mean_kl=None)
     assert _gate(labels, labels, _lose(labels, 0, 50, 1), ["big", "other"], [], cfg).passed
 
 
@@ -111,11 +111,12 @@ def _wrong_to_other_wrong(changed: int):
 
 
 def test_flip_rate_above_five_percent_fails():
-    r = _gate(*_wrong_to_other_wrong(6), NAMES10, ["c9"])
+    flips_rule = GateConfig(max_mean_kl=None)
+    r = _gate(*_wrong_to_other_wrong(6), NAMES10, ["c9"], flips_rule)
     assert not r.passed and r.failing_classes == ()
     assert r.reasons == ("6/100 decisive predictions changed (0.060 > 0.05)",)
-    assert _gate(*_wrong_to_other_wrong(5), NAMES10, ["c9"]).passed
-    assert _gate(*_wrong_to_other_wrong(6), NAMES10, ["c9"], GateConfig(max_flip_rate=None)).passed
+    assert _gate(*_wrong_to_other_wrong(5), NAMES10, ["c9"], flips_rule).passed
+    assert _gate(*_wrong_to_other_wrong(6), NAMES10, ["c9"], GateConfig(max_flip_rate=None, max_mean_kl=None)).passed
 
 
 def test_balanced_accuracy_counts_close_calls_even_when_the_margins_do_not_erode():
@@ -128,7 +129,7 @@ def test_balanced_accuracy_counts_close_calls_even_when_the_margins_do_not_erode
     ref[close, (labels[close] + 1) % 10] = np.where(np.arange(12) < 3, 4.9, 4.2)  # runner-up near the label's 5.0
     new = ref.copy()
     new[close, labels[close]] += np.r_[[-0.5] * 3, [0.0] * 3, [0.5] * 6]  # three tip over, six move up
-    lenient = GateConfig(max_rare_right_to_wrong=10, max_rare_recall_drop=1.0, max_class_recall_drop=None)
+    lenient = GateConfig(max_rare_clear_losses=10, max_rare_recall_drop=1.0, max_class_recall_drop=None, max_mean_kl=None)
     r = evaluate_gate(labels, ref, new, NAMES10, ["c0"], lenient)
     assert r.flips.close_calls == 3 and r.flips.decisive_rate(120) == 0.0
     assert not r.rare_margin_shift.eroded
@@ -198,7 +199,8 @@ def test_bootstrap_off_and_classes_without_images():
 
 
 def test_resolution_note_for_a_small_set_not_for_a_large_one():
-    small = _gate(*_set(per_class=12), NAMES10, ["c9"])
+    lenient = GateConfig(max_rare_clear_losses=1, max_mean_kl=None)  # c9 loses one image clearly
+    small = _gate(*_set(per_class=12), NAMES10, ["c9"], lenient)
     assert small.passed, small.reasons  # notes never change the verdict
     assert small.notes[0].startswith("check set too small to resolve a 2-point balanced-accuracy drop: "
                                      "95 % interval of the drop is [")
@@ -208,7 +210,7 @@ def test_resolution_note_for_a_small_set_not_for_a_large_one():
     assert "## Resolution" in md and small.notes[0] in md
     assert "| Δ 95 % CI |" in md and "| McNemar p |" in md
 
-    large = _gate(*_set(per_class=500), NAMES10, ["c9"])
+    large = _gate(*_set(per_class=500), NAMES10, ["c9"], lenient)
     assert large.num_images == 5000 and large.notes == ()
     assert "## Resolution" not in large.to_markdown()
 

@@ -263,16 +263,25 @@ def write_bench_report(report: BenchReport, out_dir: str | Path, *, stem: str = 
 
 
 def int8_verdict(report: BenchReport) -> list[str]:
-    """Per (batch, threads): whether each INT8 artifact beat the fastest FP32 artifact, and the fastest
-    artifact that passed its gate (what to deploy on this CPU)."""
+    """Per (batch, threads): each INT8 artifact against the fastest FP32 artifact of the same network in
+    its own runtime (like with like: a runtime's INT8 kernels against its own FP32 ones), then the
+    fastest artifact that passed its gate (what to deploy on this CPU)."""
     out = []
     for b, t in configs(report):
         arts = [m for m in report.measurements if m.ok and m.target.role == "artifact" and m.key == (b, t)]
-        fp32 = min((m for m in arts if m.target.precision == "fp32"), key=lambda m: m.latency.p50_ms, default=None)
         for m in arts:
-            if m.target.precision == "int8" and fp32 is not None and m.latency.p50_ms >= fp32.latency.p50_ms:
-                out.append(f"b{b} t{t}: INT8 is no faster than FP32 on this CPU: {m.target.name} p50 "
-                           f"{_ms(m.latency.p50_ms)} ms vs {fp32.target.name} {_ms(fp32.latency.p50_ms)} ms")
+            if m.target.precision != "int8":
+                continue
+            fp32 = min((f for f in arts if f.target.precision == "fp32" and f.target.backend == m.target.backend
+                        and f.target.group == m.target.group), key=lambda f: f.latency.p50_ms, default=None)
+            if fp32 is None:
+                out.append(f"b{b} t{t}: {m.target.name}: no FP32 model of the same network was measured in "
+                           f"{m.target.backend} to compare it with")
+                continue
+            ratio = fp32.latency.p50_ms / m.latency.p50_ms
+            verdict = "faster" if ratio > 1.0 else "no faster"
+            out.append(f"b{b} t{t}: {m.target.backend} INT8 is {verdict} than its FP32 on this CPU: {m.target.name} p50 "
+                       f"{_ms(m.latency.p50_ms)} ms vs {fp32.target.name} {_ms(fp32.latency.p50_ms)} ms ({ratio:.2f}x)")
         passed = [m for m in arts if m.target.gate == "PASSED"]
         if passed:
             best = min(passed, key=lambda m: m.latency.p50_ms)

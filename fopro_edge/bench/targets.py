@@ -306,7 +306,26 @@ def run_targets(
     for f in found:
         out += targets_for_artifact(f.path, openvino_precisions=openvino_precisions, ort_providers=ort_providers,
                                     precision=f.precision, gate=f.gate, group=group, label=f.label, options=f.options)
-    return _unique_names(out)
+    return _unique_names(out + same_runtime_fp32(out))
+
+
+def same_runtime_fp32(targets: Sequence[Target]) -> list[Target]:
+    """The FP32 ONNX artifact, opened by each runtime that has an INT8 artifact of the same network but no
+    FP32 one (OpenVINO runs the ONNX file itself), with that INT8 artifact's runner options: what its
+    speed-up is measured against."""
+    arts = [t for t in targets if t.role == "artifact" and t.path]
+    onnx = next((t for t in arts if t.precision == "fp32" and Path(t.path).suffix == ".onnx"), None)
+    if onnx is None:
+        return []
+    out = []
+    for t in arts:
+        have = {(a.backend, a.group, json.dumps(a.options, sort_keys=True)) for a in arts + out if a.precision == "fp32"}
+        key = (t.backend, t.group, json.dumps(t.options, sort_keys=True))
+        if t.precision == "int8" and key not in have and backends.for_runtime(t.backend).opens_onnx:
+            suffix = "".join(f" ({v})" for k, v in t.options.items() if k == "inference_precision")
+            out.append(replace(onnx, name=f"{onnx.name} (in {t.backend}){suffix}", backend=t.backend,
+                               options=dict(t.options)))
+    return out
 
 
 def artifact_targets(

@@ -37,7 +37,8 @@ class TargetType(click.ParamType):
               help="Profile YAML instead of export/<target>.yaml.")
 @click.option("--split", type=click.Choice(["val", "test"]), help="Check split of the gate (default: val).")
 @click.option("--max-bacc-drop", type=float, help="Gate: max balanced-accuracy drop (absolute, 0-1).")
-@click.option("--max-rare-flips", type=int, help="Gate: max right->wrong flips on rare-class images.")
+@click.option("--max-rare-clear-losses", "max_rare_clear_losses", type=int,
+              help="Gate: max rare-class images the student gets clearly right (not a close call) that go wrong.")
 @click.option("--max-rare-recall-drop", type=float, help="Gate: max recall drop of any rare class (0-1).")
 @click.option("--calibration-size", type=int, help="INT8: calibration images (class-stratified, rare classes in).")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
@@ -52,7 +53,7 @@ class TargetType(click.ParamType):
               help="Any profile key, e.g. --set nncf.preset=mixed (repeatable).")
 def export(
     target: str, run_dir: Path | None, checkpoint: Path | None, precision: str | None, out_dir: Path | None,
-    profile_file: Path | None, split: str | None, max_bacc_drop: float | None, max_rare_flips: int | None,
+    profile_file: Path | None, split: str | None, max_bacc_drop: float | None, max_rare_clear_losses: int | None,
     max_rare_recall_drop: float | None, calibration_size: int | None, calibration_method: str | None,
     calibration_file: Path | None, no_repair: bool, build_engine: bool, threads: int | None, json_out: bool,
     sets: tuple[str, ...],
@@ -82,7 +83,7 @@ def export(
     layer: dict[str, Any] = {}
     flat = {
         ("check", "split"): split, ("check", "max_balanced_accuracy_drop"): max_bacc_drop,
-        ("check", "max_rare_right_to_wrong"): max_rare_flips, ("check", "max_rare_recall_drop"): max_rare_recall_drop,
+        ("check", "max_rare_clear_losses"): max_rare_clear_losses, ("check", "max_rare_recall_drop"): max_rare_recall_drop,
         ("calibration", "size"): calibration_size, ("calibration", "method"): calibration_method,
         ("calibration", "indices_file"): str(calibration_file) if calibration_file else None,
         ("repair", "enabled"): False if no_repair else None, ("build_engine",): True if build_engine else None,

@@ -45,6 +45,7 @@ class Backend:
     # built on the device from the export's ONNX files (TensorRT engines): those ONNX files are build
     # inputs, not artifacts, and files found later beside the export manifest are measured too
     built_on_device: bool = False
+    opens_onnx: bool = False  # its runner also opens the fp32 ONNX file (the bench's same-runtime FP32 baseline)
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if not _importable(m)]
@@ -170,7 +171,7 @@ def _builtins() -> list[Backend]:
         Backend("openvino", "OpenVINO IR (fp32, fp16, INT8 through NNCF)", P.OpenVINOProfile,
                 _lazy(pipeline, "flow_openvino"), "openvino", (".xml",), _ov_runner,
                 _lazy(precision, "ir_precision"), ("openvino", "nncf", "onnx", "onnxruntime"), OPENVINO_HINT,
-                runner_options=lambda profile: {"inference_precision": profile.inference_precision}),
+                runner_options=lambda profile: {"inference_precision": profile.inference_precision}, opens_onnx=True),
         Backend("tensorrt", "TensorRT engine (from a TensorRT-ready ONNX / INT8 QDQ)", P.TensorRTProfile,
                 _lazy(pipeline, "flow_tensorrt"), "tensorrt", (".engine", ".plan", ".trt"), _trt_runner,
                 _lazy(precision, "engine_precision"), ("onnx", "onnxruntime"), TENSORRT_HINT, built_on_device=True),

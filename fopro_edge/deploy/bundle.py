@@ -262,10 +262,13 @@ def verify(artifact: str | Path, bundle: str | Path, *, threads: int | None = No
                           f"(expected one of: {', '.join(backends.artifact_suffixes())})")
     options = {"inference_precision": inference_precision or m["runtime_options"].get("inference_precision", "f32")}
     digest = artifact_digest(path, m["artifact"].get("suffixes") or [path.suffix])
+    same_file = digest == m["artifact"]["sha256"]
+    # the file the export checked: its precision as the bundle records it (no package needed to read it back)
+    precision = m["artifact"]["precision"] if same_file else entry.read_precision(path)
     thresholds = b.thresholds
     reports: dict[str, GateReport] = {}
     reproduced: dict[str, list[str]] = {}
-    with entry.open_runner(path, precision=entry.read_precision(path), threads=threads, options=options) as runner:
+    with entry.open_runner(path, precision=precision, threads=threads, options=options) as runner:
         for role in ("selection", "confirmation"):
             data = b.split(role)
             if data is None:
@@ -283,7 +286,7 @@ def verify(artifact: str | Path, bundle: str | Path, *, threads: int | None = No
         runtime, info = runner.name, dict(runner.info)
     if not reports:
         raise ConfigError(f"--bundle: {b.root}/bundle.json lists no split to check")
-    return VerifyResult(str(path), digest, digest == m["artifact"]["sha256"], runtime, info, reports, reproduced,
+    return VerifyResult(str(path), digest, same_file, runtime, info, reports, reproduced,
                         _cpu_notes(None if m["target"] == "tensorrt" else m.get("deploy_cpu"), runtime))
 
 

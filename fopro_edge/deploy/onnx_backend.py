@@ -97,6 +97,7 @@ def build_metadata(info: Any, *, opset: int, dynamic_batch: bool, batch_size: in
         f"{META_PREFIX}source_checkpoint": Path(info.checkpoint).name,
         f"{META_PREFIX}source_checkpoint_sha256": str(info.sha256),
         f"{META_PREFIX}opset": str(opset),
+        f"{META_PREFIX}precision": "fp32",  # a quantized copy overwrites it (copy_metadata)
     }
 
 
@@ -111,9 +112,17 @@ def set_metadata(model: Any, metadata: Mapping[str, str]) -> None:
 
 
 def read_metadata(model_or_path: Any) -> dict[str, str]:
-    onnx = _onnx()
-    model = onnx.load(str(model_or_path), load_external_data=False) if isinstance(model_or_path, (str, Path)) else model_or_path
-    return {p.key: p.value for p in model.metadata_props}
+    """``metadata_props`` as a dict; of a file, through ONNX Runtime where the onnx package is absent
+    (a device may have the runtime alone)."""
+    if isinstance(model_or_path, (str, Path)):
+        try:
+            import onnx
+        except ImportError:
+            from fopro_edge.deploy.precision import runtime_metadata
+
+            return runtime_metadata(Path(model_or_path))
+        model_or_path = onnx.load(str(model_or_path), load_external_data=False)
+    return {p.key: p.value for p in model_or_path.metadata_props}
 
 
 def copy_metadata(src: str | Path, dst: str | Path, extra: Mapping[str, str] | None = None) -> None:

@@ -6,14 +6,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fopro_edge.errors import ConfigError
+from fopro_edge.errors import ConfigError, MissingDependencyError
 
 
 def onnx_precision(path: Path) -> str:
+    """From the file's ``fopro_edge.precision`` metadata (every export writes it), else from its ops.
+    Without the ``onnx`` package the metadata is read through ONNX Runtime; a file that does not
+    carry it then stops with the install hint (exit 3) rather than be guessed fp32."""
     try:
         import onnx
     except ImportError:
-        return "fp32"
+        return _precision_from_runtime_metadata(Path(path))
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
@@ -25,6 +28,27 @@ def onnx_precision(path: Path) -> str:
     if {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"} & ops:
         return "int8"
     return "fp32"
+
+
+def runtime_metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props``, read through ONNX Runtime (no onnx package needed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingDependencyError(f"reading {path} needs onnx or onnxruntime: pip install onnxruntime") from None
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+        raise ConfigError(f"--artifact: {path} is not a readable ONNX model ({type(e).__name__})") from None
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _precision_from_runtime_metadata(path: Path) -> str:
+    precision = runtime_metadata(path).get("fopro_edge.precision")
+    if not precision:
+        raise MissingDependencyError(f"{path} does not record its precision in its metadata; reading it from the "
+                                     "graph needs onnx: pip install onnx")
+    return precision
 
 
 def ir_precision(path: Path) -> str:

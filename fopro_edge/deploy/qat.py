@@ -34,7 +34,7 @@ class QATStep:
     step: int
     loss: float
     passed: bool  # the gate, on the selection images
-    rare_losses: int  # as the gate counts them (clear losses + close calls lost beyond those gained)
+    rare_losses: int  # clear rare losses: rare images right -> wrong outside a close call
     rare_close_calls: int
     flips: int
     balanced_accuracy: float
@@ -250,18 +250,18 @@ def to_openvino(model: Any, image_size: int) -> Any:
 
 
 def _score(labels: np.ndarray, reference: np.ndarray, logits: np.ndarray, rare_ids: list[int], check: Any) -> tuple:
-    """The gate on these logits (``check``: its thresholds, a ``GateConfig``) as (passed, rare losses as
-    it counts them, rare close calls lost, changed decisive predictions, balanced accuracy)."""
+    """The gate on these logits (``check``: its thresholds, a ``GateConfig``) as (passed, clear rare
+    losses, rare close calls lost, changed decisive predictions, balanced accuracy)."""
     from fopro_edge.deploy.gate import evaluate_gate
 
     names = [str(i) for i in range(reference.shape[1])]
     r = evaluate_gate(labels, reference, logits, names, [names[i] for i in rare_ids], check)
     f = r.flips
-    return r.passed, f.rare_losses, f.rare_close_calls, f.total - f.close_calls, r.candidate.balanced_accuracy
+    return r.passed, f.rare_clear_right_to_wrong, f.rare_close_calls, f.total - f.close_calls, r.candidate.balanced_accuracy
 
 
 def _nothing_to_fix(score: tuple) -> bool:
-    """The gate passed with no rare loss as it counts them and no decisive flip (a :func:`_score`): what is
+    """The gate passed with no clear rare loss and no decisive flip (a :func:`_score`): what is
     left is close calls tipping either way, which training on the selection images cannot fix for
     other images (docs/export.md, "Why auto starts with PTQ")."""
     passed, rare_losses, _, flips, _ = score
