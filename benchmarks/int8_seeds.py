@@ -45,13 +45,14 @@ def rows_of(run: Path) -> list[dict]:
                 "select_split": g.split, "select_ref": g.reference.balanced_accuracy, "select_int8": g.candidate.balanced_accuracy,
                 "select_flips": g.flips.total, "select_rare_rw": g.flips.rare_right_to_wrong,
                 "select_rare_close": g.flips.rare_close_calls, "select_rare_text": g.flips.rare_text(),
-                "select_rare_losses": g.flips.rare_losses,
+                "select_rare_clear": g.flips.rare_clear_right_to_wrong, "select_kl": g.parity.mean_kl,
                 "confirm_split": c.split if c else None,
                 "confirm_ref": c.reference.balanced_accuracy if c else None,
                 "confirm_int8": c.candidate.balanced_accuracy if c else None,
                 "confirm_flips": c.flips.total if c else None, "confirm_rare_rw": c.flips.rare_right_to_wrong if c else None,
                 "confirm_rare_close": c.flips.rare_close_calls if c else None,
-                "confirm_rare_losses": c.flips.rare_losses if c else None,
+                "confirm_rare_clear": c.flips.rare_clear_right_to_wrong if c else None,
+                "confirm_kl": c.parity.mean_kl if c else None,
                 "confirm_rare_text": c.flips.rare_text() if c else None,
                 "confirm_lost_gaps": [x.reference_gap for x in c.rare_lost] if c else None,
                 "confirm_lost_to": [x.predicted for x in c.rare_lost] if c else None,
@@ -75,6 +76,9 @@ def summaries(rows: list[dict]) -> list[dict]:
             "confirm_drop_mean": statistics.fmean(conf) if conf else None, "confirm_drop_max": max(conf) if conf else None,
             "confirm_rare_rw_total": sum(r["confirm_rare_rw"] or 0 for r in rs),
             "confirm_rare_close_total": sum(r["confirm_rare_close"] or 0 for r in rs),
+            "confirm_rare_clear_total": sum(r["confirm_rare_clear"] or 0 for r in rs),
+            "eroded": sum(bool((r["confirm_margin_shift"] or {}).get("eroded")) for r in rs),
+            "kl_max": max(max(r["select_kl"], r["confirm_kl"] or 0.0) for r in rs),
             "min_int8_coverage": min(cov) if cov else None,
         })
     return out
@@ -137,14 +141,15 @@ def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> 
         "rare images the FP32 student got right and the artifact gets wrong; close calls (the FP32 student's "
         "top-2 probability gap under `check.close_call_gap`) in brackets, with their gaps on confirmation. "
         "Rare margin shift: the rare images' mean true-class margin change on confirmation (logits, artifact "
-        "minus FP32, beyond the common scale of all margins) with its 95 % bootstrap interval. Rare lost (gate): "
-        "what `max_rare_right_to_wrong` limits, clear losses plus close calls lost beyond those gained where "
-        "that interval lies below zero (eroded). Logit offsets: the largest per-class offsets the kept artifact "
+        "minus FP32, beyond the common scale of all margins) with its 95 % bootstrap interval; 'eroded' where it "
+        "lies wholly below zero (the gate fails). Clear: rare images lost that the FP32 student decided clearly "
+        "(what `max_rare_clear_losses` limits). KL: mean softmax KL from the FP32 student, nats, selection / "
+        "confirmation (what `max_mean_kl` limits). Logit offsets: the largest per-class offsets the kept artifact "
         "subtracts (fitted on the calibration images; – where none). Deploy CPU: the CPU class the artifact was "
         "made for; where it is not this CPU's, how the gate ran it here (exact Q/DQ: the Q/DQ ops run as written, "
         "the integer arithmetic of a CPU that does not saturate).", "",
-        "| recipe | seed | target | deploy CPU | status | kept | INT8 ops | logit offsets | selection | rare r→w | flips | confirmation | rare r→w (gaps →predicted) | rare margin shift | rare lost (gate) | flips |",
-        "|---|---:|---|---|---|---|---:|---|---|---:|---:|---|---|---|---:|---:|",
+        "| recipe | seed | target | deploy CPU | status | kept | INT8 ops | logit offsets | selection | rare r→w | flips | confirmation | rare r→w (gaps →predicted) | rare margin shift | clear | flips | KL |",
+        "|---|---:|---|---|---|---|---:|---|---|---:|---:|---|---|---|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
@@ -152,16 +157,19 @@ def markdown(rows: list[dict], sums: list[dict], machine: str, command: str) -> 
             f"{_offsets_cell(r)} | {r['select_split']} {pct(r['select_ref'])} → {pct(r['select_int8'])} | {r['select_rare_text']} | {r['select_flips']} | "
             f"{r['confirm_split'] or '–'} {pct(r['confirm_ref'])} → {pct(r['confirm_int8'])} | {_lost(r)} | "
             f"{_shift_cell(r.get('confirm_margin_shift'))} | "
-            f"{'–' if r.get('confirm_rare_losses') is None else r['confirm_rare_losses']} | "
-            f"{'–' if r['confirm_flips'] is None else r['confirm_flips']} |")
+            f"{'–' if r.get('confirm_rare_clear') is None else r['confirm_rare_clear']} | "
+            f"{'–' if r['confirm_flips'] is None else r['confirm_flips']} | "
+            f"{r['select_kl']:.4f} / {'–' if r['confirm_kl'] is None else format(r['confirm_kl'], '.4f')} |")
     lines += ["", "| recipe | target | passed | selection drop mean / max | confirmation drop mean / max | "
-                  "rare r→w on confirmation, all runs (close calls) | least INT8 coverage |", "|---|---|---:|---|---|---:|---:|"]
+                  "rare r→w on confirmation, all runs (close calls) | clear rare losses on confirmation | eroded | "
+                  "largest mean KL | least INT8 coverage |", "|---|---|---:|---|---|---:|---:|---:|---:|---:|"]
     for s in sums:
         conf = ("–" if s["confirm_drop_mean"] is None
                 else f"{s['confirm_drop_mean']:+.2f} / {s['confirm_drop_max']:+.2f}")
         cov = "–" if s["min_int8_coverage"] is None else f"{100 * s['min_int8_coverage']:.0f} %"
         lines.append(f"| {s['recipe']} | {s['target']} | {s['passed']}/{s['runs']} | "
-                     f"{s['select_drop_mean']:+.2f} / {s['select_drop_max']:+.2f} | {conf} | {s['confirm_rare_rw_total']} ({s['confirm_rare_close_total']}) | {cov} |")
+                     f"{s['select_drop_mean']:+.2f} / {s['select_drop_max']:+.2f} | {conf} | {s['confirm_rare_rw_total']} ({s['confirm_rare_close_total']}) | "
+                     f"{s['confirm_rare_clear_total']} | {s['eroded']} | {s['kl_max']:.4f} | {cov} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,8 @@ PyTorch student gets right outside a close call and the artifact gets wrong; at 
 ``max_rare_clear_losses``), and no erosion of the rare margins: the paired bootstrap interval of the
 rare images' margin shift (true-class logit minus the strongest other, artifact minus PyTorch, beyond
 the common scale of all images' margins, which changes no prediction) must not lie wholly below
-zero. A lost rare toss-up without such a shift is rounding noise, which also tips other close calls
+``-rare_margin_tolerance`` times the rare margins' mean size (a tiny shift is no erosion, however
+significant). A lost rare toss-up without such a shift is rounding noise, which also tips other close calls
 the other way.
 
 Fidelity (``max_mean_kl``): the mean KL divergence of the artifact's softmax from the PyTorch
@@ -123,11 +124,12 @@ class MarginShift:
     mean: float
     interval: Interval | None
     scale: float = 1.0
+    floor: float = 0.0  # logits: a shift this small is no erosion (the tolerance times the rare margins' size)
 
     @property
     def eroded(self) -> bool | None:
-        """The whole interval lies below zero; ``None`` without an interval (bootstrap off)."""
-        return None if self.interval is None else self.interval.high < 0.0
+        """The whole interval lies below ``-floor``; ``None`` without an interval (bootstrap off)."""
+        return None if self.interval is None else self.interval.high < -self.floor
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ def margin_shift(
     *,
     resamples: int = 2000,
     confidence: float = 0.95,
+    tolerance: float = 0.0,
     seed: int = BOOTSTRAP_SEED,
 ) -> MarginShift | None:
     """How far the artifact moved the true-class margins of the images in ``mask`` beyond the common
@@ -286,7 +289,8 @@ def margin_shift(
         tail = 50.0 * (1.0 - confidence)
         lo, hi = np.percentile(means, [tail, 100.0 - tail])
         interval = Interval(float(lo), float(hi))
-    return MarginShift(images=len(idx), mean=float(delta.mean()), interval=interval, scale=scale)
+    floor = tolerance * float(np.abs(ref[idx]).mean())
+    return MarginShift(images=len(idx), mean=float(delta.mean()), interval=interval, scale=scale, floor=floor)
 
 
 def count_flips(labels: np.ndarray, reference_logits: np.ndarray, logits: np.ndarray, is_rare: np.ndarray,
@@ -298,7 +302,7 @@ def count_flips(labels: np.ndarray, reference_logits: np.ndarray, logits: np.nda
     changed = ref_pred != pred
     r2w, w2r = ref_ok & ~ok, ~ref_ok & ok
     shift = margin_shift(labels, reference_logits, logits, is_rare, resamples=thresholds.bootstrap,
-                         confidence=thresholds.confidence)
+                         confidence=thresholds.confidence, tolerance=thresholds.rare_margin_tolerance)
     flips = Flips(
         total=int(changed.sum()),
         right_to_wrong=int(r2w.sum()),
@@ -336,9 +340,9 @@ def softmax_kl(reference_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
     return np.maximum((np.exp(lp) * (lp - lq)).sum(1), 0.0)
 
 
-def parity(reference_logits: np.ndarray, logits: np.ndarray) -> Parity:
+def parity(reference_logits: np.ndarray, logits: np.ndarray, kl: np.ndarray) -> Parity:
+    """``kl``: :func:`softmax_kl` of the same logits."""
     diff = np.abs(np.asarray(reference_logits, np.float64) - np.asarray(logits, np.float64))
-    kl = softmax_kl(reference_logits, logits) if len(logits) else np.zeros(0)
     return Parity(
         max_abs_logit_diff=float(diff.max()) if diff.size else 0.0,
         mean_abs_logit_diff=float(diff.mean()) if diff.size else 0.0,
@@ -522,7 +526,8 @@ def evaluate_gate(
         failed.update(hit)
         reasons.append(
             (f"the rare classes' margins eroded: {_shift_text(shift)}, the whole {100 * thresholds.confidence:g} % "
-             "interval below zero" if shift.eroded else
+             f"interval below -{shift.floor:.2g} ({100 * thresholds.rare_margin_tolerance:g} % of the rare margins' "
+             "mean size)" if shift.eroded else
              f"{net_close} rare close call(s) lost beyond those gained, and no interval to call it noise (check.bootstrap: 0)")
             + f"; {flips.rare_close_calls} rare close call(s) lost, {flips.rare_close_calls_gained} gained"
         )
@@ -553,9 +558,9 @@ def evaluate_gate(
                 f"{flips.total - flips.close_calls}/{len(labels) - flips.close_call_images} decisive predictions changed "
                 f"({rate:.3f} > {thresholds.max_flip_rate:g})"
                 + (f"; {flips.close_calls} close call(s) more" if flips.close_calls else ""))
-    par = parity(reference_logits, logits)
+    kl = softmax_kl(reference_logits, logits)
+    par = parity(reference_logits, logits, kl)
     if thresholds.max_mean_kl is not None and par.mean_kl > thresholds.max_mean_kl:
-        kl = softmax_kl(reference_logits, logits)
         worst = [k for k in range(num_classes) if support[k] and kl[labels == k].mean() > thresholds.max_mean_kl]
         failed.update(worst)
         reasons.append(
@@ -699,12 +704,12 @@ def render_markdown(r: GateReport) -> str:
     lines += [
         "",
         "Thresholds: max balanced-accuracy drop {}, max clear rare losses {} (right→wrong with a PyTorch top-2 gap of "
-        "at least {}), rare-margin test {} (fails when the interval of the rare margin shift lies below zero), max rare "
+        "at least {}), rare-margin test {} (fails when the interval of the rare margin shift lies below -{} x the rare margins' mean size), max rare "
         "recall drop {} (decisive images), rare class without images {}, max non-rare recall drop {} (or {} image(s) of "
         "the class), max flip rate {} (decisive images), max mean softmax KL {}, fp32 max |logit diff| {}{}. "
         "Intervals: paired bootstrap stratified by class, {} resamples; the other rules use the point estimates.".format(
             t.get("max_balanced_accuracy_drop"), t.get("max_rare_clear_losses"), t.get("close_call_gap", 0.0),
-            "on" if t.get("rare_margin_test", True) else "off", t.get("max_rare_recall_drop"),
+            "on" if t.get("rare_margin_test", True) else "off", t.get("rare_margin_tolerance"), t.get("max_rare_recall_drop"),
             "allowed" if t.get("allow_missing_rare") else "fails",
             t.get("max_class_recall_drop"), t.get("class_flip_allowance"), t.get("max_flip_rate"), t.get("max_mean_kl"),
             t.get("max_fp32_logit_diff"), "" if r.parity_checked else " (not applied to this step)",

@@ -35,7 +35,8 @@ class GateConfig:
     max_rare_clear_losses: int = field(default=0, metadata=range_(0))
     close_call_gap: float = field(default=0.5, metadata=range_(0.0, 1.0))  # PyTorch top-2 probability gap below
     # which an image is a close call: judged as a group (see deploy.gate), not one by one (0: none is)
-    rare_margin_test: bool = True  # fail when the rare margins erode (paired interval wholly below zero)
+    rare_margin_test: bool = True  # fail when the rare margins erode (paired interval wholly below -tolerance)
+    rare_margin_tolerance: float = field(default=0.05, metadata=range_(0.0, 1.0))  # of the rare margins' mean size
     max_rare_recall_drop: float = field(default=0.10, metadata=range_(0.0, 1.0))  # per rare class
     allow_missing_rare: bool = False  # a rare class with no check image fails unless this is true
     max_class_recall_drop: float | None = field(default=0.10, metadata=range_(0.0, 1.0))  # per non-rare class; None: off
