@@ -34,7 +34,7 @@ class QATStep:
     step: int
     loss: float
     passed: bool  # the gate, on the selection images
-    rare_losses: int  # clear rare losses: rare images right -> wrong outside a close call
+    rare_clear_losses: int  # rare images right -> wrong that were not close calls
     rare_close_calls: int
     flips: int
     balanced_accuracy: float
@@ -264,8 +264,8 @@ def _nothing_to_fix(score: tuple) -> bool:
     """The gate passed with no clear rare loss and no decisive flip (a :func:`_score`): what is
     left is close calls tipping either way, which training on the selection images cannot fix for
     other images (docs/export.md, "Why auto starts with PTQ")."""
-    passed, rare_losses, _, flips, _ = score
-    return passed and rare_losses == flips == 0
+    passed, rare_clear_losses, _, flips, _ = score
+    return passed and rare_clear_losses == flips == 0
 
 
 def qat_kd_loss(s_logits: Any, t_logits: Any, labels: Any, bsm: Any, *, temperature: float, bsm_weight: float) -> Any:
