@@ -571,6 +571,11 @@ def test_openvino_int8_records_subset_size_precision_and_shares_calibration(chec
 
     v = verify(step.artifact.path, step.artifact.path.parent / "verify-bundle", threads=1)
     assert v.same_file and v.reproduced == {"selection": [], "confirmation": []}  # the .xml and its .bin hashed
+    bare = _device_cli("-q", "verify", str(step.artifact.path), "--bundle", str(step.artifact.path.parent / "verify-bundle"),
+                       "--out", str(tmp_path / "bare"), "--threads", "1", "--json",
+                       blocked=(*TRAIN_EXTRA, "onnx", "onnxruntime", "nncf"))  # OpenVINO alone
+    assert bare.returncode == (0 if v.passed else 5), bare.stderr
+    assert json.loads(bare.stdout)["reproduced"] == {"selection": [], "confirmation": []}
     ort = export(checkpoint, "onnxruntime", "int8", out_dir=tmp_path / "ort",
                  overrides={"threads": 1, "quantization": {"activation_type": "u8"}, "repair": {"enabled": False}})
     same = [json.loads((tmp_path / d / "calibration.json").read_text())["indices"] for d in ("ov", "ort")]
