@@ -295,8 +295,8 @@ def margin_shift(
 
 def count_flips(labels: np.ndarray, reference_logits: np.ndarray, logits: np.ndarray, is_rare: np.ndarray,
                 close: np.ndarray, thresholds: GateConfig) -> tuple[Flips, MarginShift | None]:
-    """The changed predictions as the gate counts them, with the rare margin shift that decides
-    whether lost rare close calls count (module docstring)."""
+    """The changed predictions as the gate counts them, with the rare margin shift the rare-margin
+    test judges (module docstring)."""
     ref_pred, pred = reference_logits.argmax(1), logits.argmax(1)
     ref_ok, ok = ref_pred == labels, pred == labels
     changed = ref_pred != pred
