@@ -317,11 +317,14 @@ def same_runtime_fp32(targets: Sequence[Target]) -> list[Target]:
     onnx = next((t for t in arts if t.precision == "fp32" and Path(t.path).suffix == ".onnx"), None)
     if onnx is None:
         return []
+    def key(t: Target) -> tuple:
+        return t.backend, t.group, json.dumps(t.options, sort_keys=True)
+
+    have = {key(t) for t in arts if t.precision == "fp32"}
     out = []
     for t in arts:
-        have = {(a.backend, a.group, json.dumps(a.options, sort_keys=True)) for a in arts + out if a.precision == "fp32"}
-        key = (t.backend, t.group, json.dumps(t.options, sort_keys=True))
-        if t.precision == "int8" and key not in have and backends.for_runtime(t.backend).opens_onnx:
+        if t.precision == "int8" and key(t) not in have and backends.for_runtime(t.backend).opens_onnx:
+            have.add(key(t))
             suffix = "".join(f" ({v})" for k, v in t.options.items() if k == "inference_precision")
             out.append(replace(onnx, name=f"{onnx.name} (in {t.backend}){suffix}", backend=t.backend,
                                options=dict(t.options)))
