@@ -60,7 +60,9 @@ def main() -> None:
         rt = setup_runtime(recipe.runtime)
         with tempfile.TemporaryDirectory() as tmp:
             tr = Trainer(recipe, RunDir(Path(tmp)), rt, progress=False)
-        train_eval = ImageDataset(tr.splits.train, build_transform(recipe.data.image_size, "none", training=False))
+        teacher_tf = build_transform(tr.teacher_size, "none", training=False)
+        train_eval = ImageDataset(tr.splits.train, teacher_tf)
+        val_teacher = ImageDataset(tr.splits.val, teacher_tf)
         few = tr.stats.group_ids("few")
         clock = {"start": time.perf_counter(), "paused": 0.0}
 
@@ -74,11 +76,11 @@ def main() -> None:
             paused = time.perf_counter()
             seconds = paused - clock["start"] - clock["paused"]
             if a.no_probes:
-                row = {"gain": effective_gain(tr.prompt, tr.val_set, rt)[1]}
+                row = {"gain": effective_gain(tr.prompt, val_teacher, rt)[1]}
                 row["gain"] |= {"dataset_prompt_min": float(tr.prompt.mean_gain().min()),
                                 "dataset_prompt_max": float(tr.prompt.mean_gain().max())}
             else:
-                row = prompt_diagnostic(recipe, tr.teacher, tr.prompt, train_eval, tr.val_set, few, rt)
+                row = prompt_diagnostic(recipe, tr.teacher, tr.prompt, train_eval, val_teacher, few, rt)
             row = {"lr": float(lr), "step": step, "train_seconds": round(seconds, 1), **row}
             rows.append(row)
             g = row["gain"]

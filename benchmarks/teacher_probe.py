@@ -46,6 +46,7 @@ def main() -> None:
         teacher = build_teacher(recipe.teacher)
         for size in map(int, a.sizes.split(",")):
             tf = build_transform(size, "none", training=False)
+            teacher.image_size = size  # rendered from the source images at this size
             xtr, ytr = extract_features(teacher, ImageDataset(splits.train, tf))
             xte, yte = extract_features(teacher, ImageDataset(splits.test, tf))
             model, _ = fit_probe(xtr, ytr)  # the whole train split (fopro-edge probe resamples it)

@@ -16,6 +16,12 @@ def pytest_configure(config):
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _teacher_cache_of_this_session(tmp_path_factory):
+    """The teacher-feature cache of the tests lives in the session's temporary folder, shared by its tests."""
+    os.environ["FOPRO_EDGE_CACHE"] = str(tmp_path_factory.mktemp("teacher-cache"))
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -21,7 +21,7 @@ def _same(a, b):
 
 
 def test_teacher_is_frozen_and_returns_pooled_features():
-    t = build_teacher(TeacherConfig(model="test_efficientnet"))
+    t = build_teacher(TeacherConfig(model="test_efficientnet", image_size=32))
     t.train()
     assert not t.training and all(not p.requires_grad for p in t.parameters())
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
@@ -31,29 +31,11 @@ def test_teacher_is_frozen_and_returns_pooled_features():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_teacher_resize_is_antialiased():
-    from torch import nn
-
-    from fopro_edge.models.teacher import FrozenTeacher
-
-    class Seen(nn.Module):  # records the teacher's input
-        def forward_features(self, x):
-            self.x = x
-            return x
-
-        def forward_head(self, x, pre_logits=True):
-            return x.mean((2, 3))
-
-    model = Seen()
-    teacher = FrozenTeacher(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), image_size=24)
-    n = 64  # a one-pixel checkerboard: downscaled without antialiasing it aliases into stripes
-    board = ((torch.arange(n)[:, None] + torch.arange(n)[None, :]) % 2).float().expand(1, 3, n, n)
-    teacher(board)
-    assert model.x.shape[-2:] == (24, 24)
-    assert float(model.x.std()) < 0.01 and abs(float(model.x.mean()) - 0.5) < 0.01  # plain bilinear: std 0.15
-    small = torch.rand(1, 3, 16, 16, requires_grad=True)
-    teacher(small).sum().backward()  # upscaling (student size below the teacher's) keeps the gradient path
-    assert small.grad is not None and small.grad.abs().sum() > 0
+def test_teacher_takes_only_its_own_input_size():
+    t = build_teacher(TeacherConfig(model="test_efficientnet"))
+    assert t.image_size == 160  # the model's own (timm pretrained_cfg), not the student's
+    with pytest.raises(ValueError, match="takes 160×160"):
+        t(torch.rand(1, 3, 32, 32))  # a student-sized tensor is never resized inside the teacher
 
 
 def test_student_normalises_inside_and_heads_are_separate():

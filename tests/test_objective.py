@@ -49,9 +49,10 @@ def _parts(method: str = "fopro", size: int = 32, **distill):
     from fopro_edge.models.student import EKDHeads, feature_dim
     from fopro_edge.prompt import FourierPromptGenerator
 
+    akd = {"start_epoch": 0, **distill.pop("akd", {})}
     recipe = _recipe(
-        data={"image_size": size}, teacher={"model": "test_efficientnet"}, student={"model": "test_resnet"},
-        distill={"method": method, **distill},
+        data={"image_size": size}, teacher={"model": "test_efficientnet", "image_size": size}, student={"model": "test_resnet"},
+        distill={"method": method, "akd": akd, **distill},
     )
     torch.manual_seed(0)
     teacher = build_teacher(recipe.teacher)
@@ -76,7 +77,7 @@ def test_akd_steps_raise_the_student_teacher_discrepancy():
     opt = torch.optim.Adam(prompt.parameters(), lr=1e-2)
     adv = []
     for step in range(10):
-        out = objective(net, x, y, step)
+        out = objective(net, x, y, step, teacher_input=x)
         assert out.prompt_loss is not None
         adv.append(float(out.terms["akd_adv"]))
         opt.zero_grad()
@@ -98,7 +99,7 @@ def test_akd_starts_at_its_start_epoch_and_runs_every_k_steps():
     due = {}
     for epoch in range(4):
         objective.set_epoch(epoch)
-        due[epoch] = [objective(net, x, y, step).prompt_loss is not None for step in range(4)]
+        due[epoch] = [objective(net, x, y, step, teacher_input=x).prompt_loss is not None for step in range(4)]
     assert due[0] == due[1] == [False] * 4
     assert due[2] == due[3] == [True, False, True, False]
 
@@ -121,7 +122,7 @@ def test_drw_weights_switch_on_at_0_8_of_training():
     for epoch in (0, 7, 8, 9):
         objective.set_epoch(epoch)
         with torch.no_grad():
-            align[epoch] = float(objective(net, x, y, 0).terms["align"])
+            align[epoch] = float(objective(net, x, y, 0, teacher_input=x).terms["align"])
     plain, weighted = float(per_sample.mean()), float((per_sample * w[y]).mean())
     assert align[0] == pytest.approx(plain, rel=1e-5) and align[7] == pytest.approx(plain, rel=1e-5)
     assert align[8] == pytest.approx(weighted, rel=1e-5) and align[9] == pytest.approx(weighted, rel=1e-5)
@@ -137,7 +138,7 @@ def test_without_drw_the_alignment_is_never_weighted():
     with torch.no_grad():
         _, q, _ = net(x)
         plain = float((2 - 2 * F.cosine_similarity(q, teacher(x), dim=-1)).mean())
-        assert float(objective(net, x, y, 0).terms["align"]) == pytest.approx(plain, rel=1e-5)
+        assert float(objective(net, x, y, 0, teacher_input=x).terms["align"]) == pytest.approx(plain, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- test-time logit adjustment
@@ -178,7 +179,7 @@ def test_ekd_steps_lower_the_alignment_loss_on_a_fixed_batch():
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     align = []
     for step in range(10):
-        out = objective(net, x, y, step)
+        out = objective(net, x, y, step, teacher_input=x)
         align.append(float(out.terms["align"].detach()))
         opt.zero_grad()
         out.loss.backward()
@@ -190,7 +191,7 @@ def test_ekd_steps_lower_the_alignment_loss_on_a_fixed_batch():
 def test_ekd_loss_is_both_heads_plus_lambda_times_alignment(lam):
     _, objective, net, *_ = _parts("ekd", align_weight=lam)
     x, y = _batch(8)
-    out = objective(net, x, y, 0)
+    out = objective(net, x, y, 0, teacher_input=x)
     with torch.no_grad():
         z1, _, z2 = net(x)
         assert float(out.terms["bsm"]) == pytest.approx(float(objective.bsm(z1, y)), rel=1e-5)
@@ -210,6 +211,6 @@ def test_the_student_sees_the_clean_image_and_the_teacher_the_prompted_one():
     net.register_forward_pre_hook(lambda m, args: seen.__setitem__("student", args[0]))
     teacher.register_forward_pre_hook(lambda m, args: seen.__setitem__("teacher", args[0]))
     x, y = _batch(8)
-    objective(net, x, y, 0)
+    objective(net, x, y, 0, teacher_input=x)
     assert torch.equal(seen["student"], x)
     assert torch.allclose(seen["teacher"], prompt(x)) and not torch.allclose(seen["teacher"], x, atol=1e-3)

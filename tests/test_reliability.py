@@ -373,8 +373,8 @@ def test_nan_loss_stops_the_run_naming_step_and_term_and_keeps_the_last_good_che
         end_epoch(self, epoch, *args)
         seen["epochs_done"] = epoch + 1
 
-    def poisoned(self, net, x, y, step):  # the alignment term turns NaN in the second epoch
-        out = objective(self, net, x, y, step)
+    def poisoned(self, net, x, y, step, **teacher):  # the alignment term turns NaN in the second epoch
+        out = objective(self, net, x, y, step, **teacher)
         if seen.get("epochs_done") == 1 and "step" not in seen:
             seen["step"] = step
             terms = {**out.terms, "align": out.terms["align"] * float("nan")}

@@ -79,7 +79,8 @@ def build_torch_model(spec: Mapping[str, Any]) -> tuple[Any, int]:
         from fopro_edge.models.teacher import build_teacher
 
         recipe = load_recipe(spec["recipe"], check_paths=False)
-        return build_teacher(recipe.teacher).eval(), int(recipe.teacher.image_size or recipe.data.image_size)
+        teacher = build_teacher(recipe.teacher).eval()
+        return teacher, int(teacher.image_size)
     if source == "timm":
         from fopro_edge.bench.models import random_init_student
 

@@ -65,10 +65,10 @@ def train_prompt(
     while step < cfg.steps:
         start_epoch(-1 - cycle)  # seeds apart from the training epochs
         before = step
-        for x, y, _ in train_loader:
+        for batch in train_loader:
             if step >= cfg.steps:
                 break
-            x, y = x.to(rt.device), y.to(rt.device)
+            x, y = batch["teacher"].to(rt.device), batch["label"].to(rt.device)
             with rt.autocast():
                 x_p, log_gain = prompt(x, return_log_gain=True)
                 loss_probe = bsm(probe(teacher(x_p)), y)

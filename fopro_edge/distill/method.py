@@ -1,4 +1,4 @@
-"""The FoPro-KD training objective for one batch: ce | bsm | ekd | ekd+fpg | fopro."""
+"""The FoPro-KD training objective for one batch: ce | bsm | ekd | ekd+fpg | ekd+randfpg | fopro."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class Objective:
         if recipe.distill.align_balance == "drw":
             self.drw_weights = torch.as_tensor(effective_number_weights(class_counts), dtype=torch.float32)
         self.drw_start = int(DRW_FROM * recipe.distill.epochs)
+        self.akd_start = recipe.akd_start_epoch
         self.align_class_weights: torch.Tensor | None = None
         self.epoch = 0
 
@@ -71,9 +72,12 @@ class Objective:
         self.align_class_weights = self.drw_weights if drw_on else None
 
     def akd_due(self, step: int) -> bool:
-        return self.method == "fopro" and self.epoch >= self.akd.start_epoch and step % self.akd.every == 0
+        return self.method == "fopro" and self.epoch >= self.akd_start and step % self.akd.every == 0
 
-    def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> StepOutput:
+    def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, *,
+                 teacher_input: torch.Tensor | None = None, teacher_features: torch.Tensor | None = None) -> StepOutput:
+        """``x``: the student's view; the teacher's target comes from ``teacher_features`` (cached) or from
+        ``teacher_input`` (its own view of the same images, at its resolution, prompted here)."""
         z1, q, z2 = net(x)
         if self.method == "ce":
             loss = F.cross_entropy(z1.float(), y)
@@ -83,11 +87,15 @@ class Objective:
             return StepOutput(cls, {"bsm": cls})
         terms = {"bsm": cls, "bsm_proj": self.bsm(z2, y)}
         prompt_loss = None
-        if self.akd_due(step):
+        if teacher_features is not None:
+            t = teacher_features
+        elif teacher_input is None:
+            raise ValueError(f"{self.method}: the batch holds neither the teacher's view nor its cached features")
+        elif self.akd_due(step):
             # AKD: one forward through FPG and teacher feeds both the adversarial prompt update
             # (raise the alignment loss, keep the teacher probe right and the gain near 1) and the
             # student's target on that prompted view.
-            x_p, log_gain = self.prompt(x, return_log_gain=True)
+            x_p, log_gain = self.prompt(teacher_input, return_log_gain=True)
             t = self.teacher(x_p)
             adv = alignment_loss(q.detach(), t)
             probe_loss = self.bsm(self.probe(t), y)
@@ -97,7 +105,7 @@ class Objective:
             t = t.detach()
         else:
             with torch.no_grad():
-                t = self.teacher(self.prompt(x) if self.prompt is not None else x)
+                t = self.teacher(self.prompt(teacher_input) if self.prompt is not None else teacher_input)
         w = self.align_class_weights
         terms["align"] = alignment_loss(q, t, None if w is None else w[y])
         loss = terms["bsm"] + terms["bsm_proj"] + self.align_weight * terms["align"]

@@ -70,7 +70,9 @@ def teacher_check(
         splits = build_splits(d, recipe.seed)
         stats = compute_longtail_stats(splits.train.labels, list(splits.class_names), d.groups)
         few = list(stats.group_ids("few"))
-        eval_tf = build_transform(d.image_size, "none", training=False)
+        from fopro_edge.models.teacher import teacher_input_size
+
+        eval_tf = build_transform(teacher_input_size(recipe.teacher) or d.image_size, "none", training=False)
         train_set, val_set = ImageDataset(splits.train, eval_tf), ImageDataset(splits.val, eval_tf)
         from fopro_edge.models import build_teacher
 
@@ -86,7 +88,8 @@ def teacher_check(
 
     log.info("teacher check: training a quick %s student for %d epochs in %s", STUDENT_METHOD, student_epochs, run_dir.path)
     result = distill(s_recipe, run_dir, device=device, progress=False)
-    student_pred = _student_val_predictions(run_dir.last_checkpoint, val_set, recipe, stats.counts, rt.device)
+    student_val = ImageDataset(splits.val, build_transform(d.image_size, "none", training=False))
+    student_pred = _student_val_predictions(run_dir.last_checkpoint, student_val, recipe, stats.counts, rt.device)
 
     probe_scores = score_probes(probe_preds, y_va, few)[0]
     student_scores = recall_summary(y_va, student_pred, few)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from fopro_edge.data import (
     compute_longtail_stats,
     save_manifest,
 )
+from fopro_edge.data.views import FixedViews, PairedViews, ViewSpec
 from fopro_edge.distill.checkpoint import load_checkpoint, save_checkpoint
 from fopro_edge.distill.explore import explore_prompt
 from fopro_edge.distill.logit_adjust import adjusted_predictions, choose_tau, train_prior
@@ -42,6 +44,7 @@ from fopro_edge.io import atomic_write_json, atomic_write_text
 from fopro_edge.models import build_student, build_teacher
 from fopro_edge.models.hf_export import save_student_for_timm
 from fopro_edge.models.student import EKDHeads, feature_dim
+from fopro_edge.models.teacher import teacher_input_size
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class Trainer:
     """Holds the models, optimisers and loaders of one run; :func:`distill` drives it."""
 
     def __init__(self, recipe: Recipe, run_dir: RunDir, rt: Runtime, *, progress: bool) -> None:
+        recipe = with_teacher_size(recipe)
         self.recipe, self.run_dir, self.rt, self.progress = recipe, run_dir, rt, progress
         d = recipe.data
         seed_everything(recipe.seed)
@@ -86,7 +90,11 @@ class Trainer:
         self.class_names = list(self.splits.class_names)
         self.stats = compute_longtail_stats(self.splits.train.labels, self.class_names, d.groups)
         self.train_prior = train_prior(self.stats.counts)  # of test-time logit adjustment
-        self.train_set = ImageDataset(self.splits.train, build_transform(d.image_size, d.augment, training=True, flips=d.flips))
+        self.teacher_size = int(recipe.teacher.image_size)
+        self.fixed_views = cache_enabled(recipe, rt)
+        self.cache_info: dict[str, Any] | None = None
+        self.train_set = PairedViews(self.splits.train, ViewSpec(
+            d.image_size, self.teacher_size if recipe.uses_teacher else None, d.augment, d.flips))
         eval_tf = build_transform(d.image_size, "none", training=False)
         self.val_set = ImageDataset(self.splits.val, eval_tf)
         self.test_set = ImageDataset(self.splits.test, eval_tf)
@@ -102,15 +110,13 @@ class Trainer:
         heads = None
         if r.uses_teacher:
             self.teacher = build_teacher(r.teacher).to(rt.device)
-            t_size = r.teacher.image_size or r.data.image_size
-            t_dim = feature_dim(self.teacher, t_size, features=self.teacher)
+            t_dim = feature_dim(self.teacher, self.teacher_size, features=self.teacher)
             s_dim = feature_dim(self.student, r.data.image_size)
             heads = EKDHeads(s_dim, r.student.projector_hidden or s_dim, t_dim, num_classes).to(rt.device)
             if r.uses_prompt:
-                from fopro_edge.prompt import FourierPromptGenerator
-
-                self.prompt = FourierPromptGenerator.from_config(r.prompt, r.data.image_size).to(rt.device)
-                self.probe = nn.Linear(t_dim, num_classes).to(rt.device)
+                self.prompt = _build_prompt(r, self.teacher_size, self.splits.train).to(rt.device)
+                if r.distill.method != "ekd+randfpg":
+                    self.probe = nn.Linear(t_dim, num_classes).to(rt.device)
         self.net = DistillNet(self.student, heads)
         if rt.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -123,7 +129,7 @@ class Trainer:
             self.ddp_prompt = DDP(self.prompt, device_ids=_ids(rt))
             self.ddp_probe = DDP(self.probe, device_ids=_ids(rt))
         self.objective = Objective(r, self.stats.counts, self.teacher, self.ddp_prompt, self.ddp_probe).to(rt.device)
-        self.loader = self._train_loader()
+        self.loader = self._train_loader(self.train_set)
         self.steps_per_epoch = len(self.loader)
         self.optimizer = _optimizer(r, self.net.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(r, self.steps_per_epoch))
@@ -133,23 +139,23 @@ class Trainer:
             self.prompt_optimizer = torch.optim.Adam(params, lr=r.distill.akd.lr)
         self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
 
-    def _train_loader(self) -> DataLoader:
+    def _train_loader(self, dataset) -> DataLoader:
         r, rt = self.recipe, self.rt
         d = r.data
         self.generator = torch.Generator()
         labels = self.splits.train.labels
         if d.sampler == "instance":
             sampler = (
-                DistributedSampler(self.train_set, rt.world_size, rt.rank, shuffle=True, seed=r.seed, drop_last=True)
+                DistributedSampler(dataset, rt.world_size, rt.rank, shuffle=True, seed=r.seed, drop_last=True)
                 if rt.distributed
-                else RandomSampler(self.train_set, generator=self.generator)
+                else RandomSampler(dataset, generator=self.generator)
             )
         else:
             sampler = build_sampler(labels, d.sampler, num_samples=len(labels) // rt.world_size)
             sampler.generator = self.generator  # re-seeded every epoch, per rank
-        batch = min(d.batch_size, max(2, len(self.train_set) // rt.world_size))
+        batch = min(d.batch_size, max(2, len(dataset) // rt.world_size))
         return CheckedDataLoader(
-            self.train_set,
+            dataset,
             batch_size=batch,
             sampler=sampler,
             num_workers=d.num_workers,
@@ -170,6 +176,32 @@ class Trainer:
         self.generator.manual_seed(epoch_seed)
         if isinstance(self.loader.sampler, DistributedSampler):
             self.loader.sampler.set_epoch(epoch)
+        if isinstance(self.train_set, FixedViews) and epoch >= 0:
+            self.train_set.choose(self.recipe.seed, epoch)
+
+    def _use_fixed_views(self) -> None:
+        """Train on ``K`` fixed views per image, with the teacher's features of them from the cache (computed once)."""
+        from fopro_edge.distill import teacher_cache
+
+        r, d, tc = self.recipe, self.recipe.data, self.recipe.distill.teacher_cache
+        spec = ViewSpec(d.image_size, self.teacher_size, d.augment, d.flips)
+        images = self.splits.train
+        cached = self.teacher if r.uses_teacher and not r.live_teacher else None
+        store = len(images) * tc.views * 3 * d.image_size**2 <= tc.max_view_mib * 2**20
+        plan = teacher_cache.CachePlan(
+            Path(tc.dir) if tc.dir else teacher_cache.default_dir(), images, spec, tc.views, tc.view_seed, store,
+            cached, self.prompt if cached is not None else None, batch_size=d.eval_batch_size,
+        )
+        entry = teacher_cache.ensure(plan, self.rt)
+        self.train_set = FixedViews(images, spec, tc.views, tc.view_seed, stored=entry.views, features=entry.features,
+                                    teacher_views=r.uses_teacher and r.live_teacher)
+        self.loader = self._train_loader(self.train_set)
+        self.cache_info = {
+            "views": tc.views, "view_seed": tc.view_seed, "student_views": "stored" if store else "rendered from their seeds",
+            "teacher": "cached features" if cached is not None else "live" if r.uses_teacher else "none",
+            "built": entry.built, "seconds": round(entry.seconds, 1),
+            "dirs": [str(p) for p in (entry.view_dir, entry.feature_dir) if p is not None],
+        }
 
     # ------------------------------------------------------------------ run
     def run(self, *, resume: bool) -> DistillResult:
@@ -181,19 +213,22 @@ class Trainer:
         self.explore_result: dict[str, Any] | None = None
         if state is not None:
             start_epoch = self._load_state(state)
-        if self.prompt is not None and self.explore_result is None:
-            eval_tf = build_transform(r.data.image_size, "none", training=False)
+        if self.probe is not None and self.explore_result is None:
+            teacher_tf = build_transform(self.teacher_size, "none", training=False)
             self.explore_result = explore_prompt(
-                r, self.teacher, self.prompt, self.probe, self.loader, ImageDataset(self.splits.train, eval_tf), self.val_set,
-                sampler_prior(self.stats.counts, r.data.sampler), self.stats.group_ids("few"), rt,
-                start_epoch=self._start_epoch, plot_path=self.run_dir.explore_plot,
+                r, self.teacher, self.prompt, self.probe, self.loader, ImageDataset(self.splits.train, teacher_tf),
+                ImageDataset(self.splits.val, teacher_tf), sampler_prior(self.stats.counts, r.data.sampler),
+                self.stats.group_ids("few"), rt, start_epoch=self._start_epoch, plot_path=self.run_dir.explore_plot,
             )
             if rt.is_main:
                 atomic_write_json(self.run_dir.explore_json, self.explore_result)
+        if self.fixed_views:
+            self._use_fixed_views()
         log.info(
-            "training %s -> %s with %s on %s: %d train images, %d classes, %d steps/epoch",
-            r.teacher.model if r.uses_teacher else "-", r.student.model, r.distill.method, rt.device,
-            len(self.train_set), len(self.class_names), self.steps_per_epoch,
+            "training %s (%d px) -> %s (%d px) with %s on %s: %d train images, %d classes, %d steps/epoch, %s",
+            r.teacher.model if r.uses_teacher else "-", self.teacher_size, r.student.model, r.data.image_size,
+            r.distill.method, rt.device, len(self.train_set), len(self.class_names), self.steps_per_epoch,
+            f"{r.distill.teacher_cache.views} fixed views per image" if self.fixed_views else "fresh augmentation every epoch",
         )
         if r.distill.method != "ce" and rt.is_main:
             log.info("Balanced Softmax prior: %s (data.sampler: %s)", SAMPLER_PRIORS[r.data.sampler], r.data.sampler)
@@ -224,9 +259,9 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.recipe.distill.epochs}", leave=False, file=sys.stderr)
-        for i, (x, y, _) in enumerate(self.loader):
+        for i, batch in enumerate(self.loader):
             step = epoch * self.steps_per_epoch + i
-            terms = self.train_step(x, y, step)
+            terms = self.train_step(batch, step)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
@@ -252,14 +287,22 @@ class Trainer:
         self.akd_steps.append(rec)
         log.debug("AKD step %d: adversarial alignment %.4f, probe %.4f, gain L2 %.4g", rec["step"], rec["adv"], rec["probe"], rec["gain_l2"])
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """One optimiser step on a batch of views: ``student`` and ``label``, with ``teacher`` (its view) or
+        ``teacher_features`` (cached) when the method distils."""
         rt, r = self.rt, self.recipe
-        x = x.to(rt.device, non_blocking=True)
-        y = y.to(rt.device, non_blocking=True)
+        x = batch["student"].to(rt.device, non_blocking=True)
+        y = batch["label"].to(rt.device, non_blocking=True)
+        x_t = batch.get("teacher")
+        t_feat = batch.get("teacher_features")
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if x_t is not None:
+            x_t = x_t.to(rt.device, non_blocking=True)
+        if t_feat is not None:
+            t_feat = t_feat.to(rt.device, non_blocking=True).float()
         with rt.autocast():
-            out = self.objective(self.ddp_net, x, y, step)
+            out = self.objective(self.ddp_net, x, y, step, teacher_input=x_t, teacher_features=t_feat)
         self._check_finite(out.terms | {"loss": out.loss.detach()}, step)
         if out.prompt_loss is not None:
             self.prompt_optimizer.zero_grad(set_to_none=True)
@@ -329,10 +372,11 @@ class Trainer:
         la = self.recipe.eval.logit_adjust
         out: dict[str, Any] = {"mode": "auto" if la == "auto" else "fixed" if la else "off", "tau": 0.0 if la == "auto" else la,
                                "prior": "train class frequencies", "class_prior": self.train_prior.tolist(),
-                               "applied_by_exported_artifacts": False}
+                               "applied_by_exported_artifacts": bool(la and la != "auto")}
         if la == "auto":
             y_val, z_val = self._logits(self.val_set)
             out["tau"], scores = choose_tau(y_val, z_val, self.train_prior)
+            out["applied_by_exported_artifacts"] = bool(out["tau"])
             out["val_balanced_accuracy"] = {f"{t:g}": s for t, s in scores.items()}
             log.info("logit adjustment: tau %g chosen on val (balanced accuracy %.4f, %.4f without)",
                      out["tau"], scores[out["tau"]], scores[0.0])
@@ -455,6 +499,7 @@ class Trainer:
         metrics["skipped_images"] = {"count": len(self.splits.skipped), "first": self.splits.skipped[:20]}
         if self.explore_result is not None:
             metrics["explore"] = self.explore_result
+        metrics["views"] = self._views_info()
         gain = self.prompt.mean_gain().cpu().numpy() if self.prompt is not None else None
         save_predictions(  # before metrics.json, which marks the run finished
             self.run_dir.test_predictions, ids=self.splits.test.ids(), labels=y_test, logits=z_test,
@@ -470,6 +515,53 @@ class Trainer:
             metrics["balanced_accuracy"], metrics["macro_f1"], _fmt(metrics["rare_recall"]), metrics["best_epoch"],
         )
         return DistillResult(self.run_dir.path, self.run_dir.best_checkpoint, int(best["epoch"]), metrics, reports)
+
+
+    def _views_info(self) -> dict[str, Any]:
+        """How the student and the teacher saw the training images (metrics.json, the run report)."""
+        r = self.recipe
+        out: dict[str, Any] = {"student_size": r.data.image_size, "teacher_size": self.teacher_size if r.uses_teacher else None,
+                               "augment": r.data.augment, "rendered_at": max(r.data.image_size, self.teacher_size)
+                               if r.uses_teacher or self.fixed_views else r.data.image_size}
+        if self.prompt is not None:
+            out["prompt_size"] = self.teacher_size
+        out["fixed_views"] = self.cache_info
+        return out
+
+
+def with_teacher_size(recipe: Recipe) -> Recipe:
+    """The recipe with ``teacher.image_size`` resolved (the teacher's own input size unless the recipe sets one)."""
+    size = teacher_input_size(recipe.teacher) or recipe.data.image_size
+    return dataclasses.replace(recipe, teacher=dataclasses.replace(recipe.teacher, image_size=size))
+
+
+def cache_enabled(recipe: Recipe, rt: Runtime) -> bool:
+    """``distill.teacher_cache.mode`` resolved: ``auto`` is on when training on CPU."""
+    mode = recipe.distill.teacher_cache.mode
+    return mode is True or (mode == "auto" and rt.device.type == "cpu")
+
+
+def _build_prompt(r: Recipe, size: int, train_images) -> nn.Module:
+    """The FPG at the teacher's resolution; for ``ekd+randfpg`` a fixed random one, seeded by the run's seed."""
+    from fopro_edge.prompt import FourierPromptGenerator
+
+    shared = r.prompt.channels == "shared" or (r.prompt.channels == "auto" and _grey(train_images))
+    prompt = FourierPromptGenerator.from_config(r.prompt, size, prompt_channels=1 if shared else None)
+    if r.distill.method == "ekd+randfpg":
+        prompt.randomise_(r.prompt.random_log_gain, torch.Generator().manual_seed(r.seed))
+        for p in prompt.parameters():
+            p.requires_grad_(False)
+    return prompt
+
+
+def _grey(images, sample: int = 64) -> bool:
+    """Every one of (up to) ``sample`` images evenly spread over ``images`` has R = G = B."""
+    idx = np.linspace(0, len(images) - 1, num=min(sample, len(images))).astype(int)
+    for i in idx:
+        a = np.asarray(images.load(int(i)))
+        if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])):
+            return False
+    return True
 
 
 SELECTION_METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "rare_recall")

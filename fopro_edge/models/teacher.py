@@ -1,9 +1,8 @@
-"""The frozen pre-trained teacher: any timm model, used for its pooled pre-logit features."""
+"""The frozen pre-trained teacher: any timm model, used for its pooled pre-logit features, at its own input size."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fopro_edge.config import TeacherConfig
@@ -14,7 +13,8 @@ class FrozenTeacher(nn.Module):
     """Takes RGB in [0, 1], applies the teacher's own normalisation, returns pooled features.
 
     Always in eval mode with no trainable parameters; gradients still flow to the *input*,
-    which the Fourier prompt needs.
+    which the Fourier prompt needs. Inputs must already be ``image_size``²: the teacher's view is
+    rendered from the source image at that size, never resized from the student's tensor here.
     """
 
     def __init__(self, model: nn.Module, mean, std, image_size: int | None = None) -> None:
@@ -29,10 +29,9 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        if self.image_size is not None and x01.shape[-2:] != (self.image_size, self.image_size):
-            # antialiased: a downscale must not fold high frequencies (the prompt's among them) into low ones
-            size = (self.image_size, self.image_size)
-            x01 = F.interpolate(x01.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        if self.image_size is not None and tuple(x01.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"the teacher takes {self.image_size}×{self.image_size} images (teacher.image_size), got "
+                             f"{tuple(x01.shape[-2:])}: render its view at that size")
         x = (x01 - self.mean) / self.std
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
@@ -44,6 +43,20 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def teacher_input_size(cfg: TeacherConfig) -> int | None:
+    """``teacher.image_size``, else the model's own input size (timm ``pretrained_cfg``), else None (unknown model)."""
+    if cfg.image_size is not None:
+        return cfg.image_size
+    img_size = cfg.model_args.get("img_size")
+    if img_size is not None:
+        return int(img_size if isinstance(img_size, int) else img_size[-1])
+    import timm  # lazy: heavy
+
+    pcfg = timm.get_pretrained_cfg(cfg.model, allow_unregistered=False) if timm.is_model(cfg.model) else None
+    size = getattr(pcfg, "input_size", None) if pcfg is not None else None
+    return int(size[-1]) if size else None
+
+
 def build_teacher(cfg: TeacherConfig) -> FrozenTeacher:
     model = create_timm_model(cfg.model, pretrained=cfg.pretrained, key="teacher.model", **cfg.model_args)
     if cfg.weights:
@@ -51,4 +64,5 @@ def build_teacher(cfg: TeacherConfig) -> FrozenTeacher:
             model, cfg.weights, key="teacher.weights", mapping=cfg.weights_mapping, strip_prefixes=cfg.strip_prefixes
         )
     pcfg = model.pretrained_cfg
-    return FrozenTeacher(model, tuple(pcfg.get("mean", (0.485, 0.456, 0.406))), tuple(pcfg.get("std", (0.229, 0.224, 0.225))), cfg.image_size)
+    size = teacher_input_size(cfg) or int(pcfg.get("input_size", (3, 224, 224))[-1])
+    return FrozenTeacher(model, tuple(pcfg.get("mean", (0.485, 0.456, 0.406))), tuple(pcfg.get("std", (0.229, 0.224, 0.225))), size)

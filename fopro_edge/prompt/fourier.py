@@ -30,6 +30,35 @@ def radial_frequency(h: int, w: int, device: torch.device | str | None = None) -
     return r.clamp_(max=1.0)
 
 
+def smooth_basis(h: int, w: int, radial_bins: int, orientation_bins: int) -> Tensor:
+    """Linear-interpolation weights ``(h, w//2+1, radial_bins*orientation_bins)`` of each ``rfft2`` bin.
+
+    Radius: hat functions centred on ``radial_bins`` evenly spaced radii from 0 to 1.
+    Orientation (in ``[0, pi)``, so a frequency and its mirror share it): circular hat functions
+    centred on ``orientation_bins`` evenly spaced angles. The weights of a bin sum to 1.
+    """
+    if radial_bins < 1 or orientation_bins < 1:
+        raise ValueError(f"radial_bins and orientation_bins must be >= 1, got {radial_bins}, {orientation_bins}")
+    r = radial_frequency(h, w)
+    fy = torch.fft.fftfreq(h)[:, None].expand_as(r)
+    fx = torch.fft.rfftfreq(w)[None, :].expand_as(r)
+    theta = torch.remainder(torch.atan2(fy, fx), torch.pi)
+    if radial_bins == 1:
+        wr = torch.ones(*r.shape, 1)
+    else:
+        centres = torch.linspace(0.0, 1.0, radial_bins)
+        wr = (1 - (r[..., None] - centres).abs() * (radial_bins - 1)).clamp(min=0)
+    if orientation_bins == 1:
+        wo = torch.ones(*r.shape, 1)
+    else:
+        centres = torch.arange(orientation_bins) * (torch.pi / orientation_bins)
+        d = (theta[..., None] - centres).abs()
+        d = torch.minimum(d, torch.pi - d)
+        wo = (1 - d * (orientation_bins / torch.pi)).clamp(min=0)
+    basis = (wr[..., :, None] * wo[..., None, :]).flatten(-2)
+    return basis / basis.sum(-1, keepdim=True)
+
+
 def band_mask(
     h: int, w: int, band: Band = "all", radius: float = 0.25, device: torch.device | str | None = None
 ) -> Tensor:
