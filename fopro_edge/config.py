@@ -29,16 +29,18 @@ from fopro_edge.schema import (  # noqa: F401 - convert_section, read_yaml_mappi
     read_yaml_mapping,
 )
 
-METHODS = ("ce", "bsm", "ekd", "ekd+fpg", "fopro")
+METHODS = ("ce", "bsm", "ekd", "ekd+fpg", "ekd+randfpg", "fopro")
 
 
 @dataclass(frozen=True)
 class GroupsConfig:
-    """Many/medium/few groups by train count: many > many_above, few < few_below."""
+    """Many/medium/few groups by train count: many > many_above, few < few_below; the tail: count <
+    tail_below (default: the medium and few groups, count <= many_above)."""
 
     many_above: int = field(default=100, metadata=range_(0))
     few_below: int = field(default=20, metadata=range_(1))
     rare_classes: list[str] | None = None  # default: the few group
+    tail_below: int | None = field(default=None, metadata=range_(1))
 
 
 @dataclass(frozen=True)
@@ -101,14 +103,18 @@ class TeacherConfig:
     weights_mapping: Literal["auto", "keys", "order"] = "auto"
     model_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments, e.g. img_size
     strip_prefixes: list[str] = field(default_factory=lambda: ["module.", "encoder_q.", "backbone."])
-    image_size: int | None = field(default=None, metadata=range_(16, 1024))  # default: data.image_size
+    # the teacher's input size, independent of the student's; default: the model's own (timm pretrained_cfg)
+    image_size: int | None = field(default=None, metadata=range_(16, 1024))
 
 
 @dataclass(frozen=True)
 class StudentConfig:
     model: str = "mobilenetv3_large_100"
     pretrained: bool = False
+    # Local backbone weights (as teacher.weights); a classifier of another class count keeps its fresh init.
     weights: str | None = field(default=None, metadata=path_("weights"))
+    weights_mapping: Literal["auto", "keys", "order"] = "auto"
+    strip_prefixes: list[str] = field(default_factory=lambda: ["module.", "encoder_q.", "backbone."])
     projector_hidden: int | None = field(default=None, metadata=range_(8))  # default: student feature size
     model_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
     drop_rate: float = field(default=0.0, metadata=range_(0.0, 0.9))
@@ -123,6 +129,12 @@ class PromptConfig:
     band_radius: float = field(default=0.25, metadata=range_(0.0, 1.0, lo_open=True))
     conditional: bool = True
     conditional_channels: int = field(default=8, metadata=range_(1, 128))
+    gain: Literal["bins", "smooth"] = "bins"  # a value per frequency bin, or smooth over radius × orientation
+    radial_bins: int = field(default=8, metadata=range_(1, 256))
+    orientation_bins: int = field(default=4, metadata=range_(1, 64))
+    channels: Literal["auto", "shared", "per_channel"] = "auto"  # auto: one gain for all channels of grey images
+    # ekd+randfpg: mean |log gain| of the fixed random prompt (set it to a learned prompt's, explore.json gain)
+    random_log_gain: float = field(default=0.1, metadata=range_(0.0, 5.0))
 
 
 @dataclass(frozen=True)
@@ -141,21 +153,38 @@ class AKDConfig:
     """Stage 3: adversarial FPG steps during distillation."""
 
     every: int = field(default=4, metadata=range_(1))
-    start_epoch: int = field(default=0, metadata=range_(0))  # first epoch (0-based) with AKD steps
+    # first epoch (0-based) with AKD steps; default: once EKD has warmed up, a fifth of distill.epochs (at least 1)
+    start_epoch: int | None = field(default=None, metadata=range_(0))
     lr: float = field(default=1e-3, metadata=range_(0.0, 10.0, lo_open=True))
     probe_weight: float = field(default=1.0, metadata=range_(0.0))
     gain_l2: float = field(default=0.1, metadata=range_(0.0))
 
 
 @dataclass(frozen=True)
+class TeacherCacheConfig:
+    """K fixed training views per image, and the frozen teacher's features of them computed once.
+
+    On, every method trains on the same views (seeded by ``view_seed``); the teacher's features are
+    cached where its input is fixed (ekd, ekd+fpg, ekd+randfpg) and computed live for fopro.
+    """
+
+    mode: bool | Literal["auto"] = "auto"  # on (true) / off (false); auto: on when training on CPU
+    views: int = field(default=8, metadata=range_(1, 1000))
+    view_seed: int = field(default=0, metadata=range_(0))
+    dir: str | None = None  # default: $FOPRO_EDGE_CACHE, else ~/.cache/fopro-edge
+    max_view_mib: int = field(default=2048, metadata=range_(0))  # store the student views up to this size, else re-render
+
+
+@dataclass(frozen=True)
 class DistillConfig:
-    method: Literal["ce", "bsm", "ekd", "ekd+fpg", "fopro"] = "fopro"
+    method: Literal["ce", "bsm", "ekd", "ekd+fpg", "ekd+randfpg", "fopro"] = "fopro"
     epochs: int = field(default=100, metadata=range_(1))
     align_weight: float = field(default=3.0, metadata=range_(0.0))  # lambda of the EKD alignment loss
     # drw: effective-number class weights (beta 0.9999) on the alignment loss from 0.8 of the epochs on
     align_balance: Literal["none", "drw"] = "none"
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     akd: AKDConfig = field(default_factory=AKDConfig)
+    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
 
 
 @dataclass(frozen=True)
@@ -212,7 +241,17 @@ class Recipe:
 
     @property
     def uses_prompt(self) -> bool:
-        return self.distill.method in ("ekd+fpg", "fopro")
+        return self.distill.method in ("ekd+fpg", "ekd+randfpg", "fopro")
+
+    @property
+    def akd_start_epoch(self) -> int:
+        a = self.distill.akd.start_epoch
+        return min(self.distill.epochs - 1, max(1, round(0.2 * self.distill.epochs))) if a is None else a
+
+    @property
+    def live_teacher(self) -> bool:
+        """The teacher's input changes during training (AKD moves the prompt): its features cannot be cached."""
+        return self.distill.method == "fopro"
 
 
 # --------------------------------------------------------------------------- loading
@@ -334,7 +373,7 @@ def _check_split_keys(d: DataConfig, ctx: _Context) -> None:
 
 def _check_distill(r: Recipe, ctx: _Context) -> None:
     dc = r.distill
-    if dc.method == "fopro" and dc.akd.start_epoch >= dc.epochs:
+    if dc.method == "fopro" and dc.akd.start_epoch is not None and dc.akd.start_epoch >= dc.epochs:
         _fail(ctx, "distill.akd.start_epoch", f"{dc.akd.start_epoch} must be < distill.epochs = {dc.epochs} (AKD would never run)")
 
 

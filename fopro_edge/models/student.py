@@ -8,6 +8,8 @@ from torch import nn
 from fopro_edge.config import StudentConfig
 from fopro_edge.models.timm_factory import create_timm_model, load_weights_into
 
+MIN_BACKBONE_MATCH = 0.5  # share of the non-classifier tensors student.weights must fill, else it is refused
+
 
 class Student(nn.Module):
     """A timm classifier that takes RGB in [0, 1] (NCHW) and returns logits.
@@ -56,12 +58,17 @@ class EKDHeads(nn.Module):
 
 
 def build_student(cfg: StudentConfig, num_classes: int) -> Student:
+    """The timm model with ``num_classes`` outputs; ``cfg.weights`` fills the backbone, while a classifier
+    whose shape differs from the file's (e.g. ImageNet's 1000 classes) keeps its fresh init."""
     backbone = create_timm_model(
         cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, key="student.model", drop_rate=cfg.drop_rate,
         **cfg.model_args,
     )
     if cfg.weights:
-        load_weights_into(backbone, cfg.weights, key="student.weights", mapping="keys", skip_classifier=True)
+        load_weights_into(
+            backbone, cfg.weights, key="student.weights", mapping=cfg.weights_mapping, strip_prefixes=cfg.strip_prefixes,
+            skip_classifier=True, min_match=MIN_BACKBONE_MATCH,
+        )
     pcfg = backbone.pretrained_cfg
     return Student(backbone, tuple(pcfg.get("mean", (0.485, 0.456, 0.406))), tuple(pcfg.get("std", (0.229, 0.224, 0.225))))
 

