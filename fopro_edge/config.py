@@ -146,6 +146,9 @@ class ExploreConfig:
     probe_lr: float = field(default=1e-2, metadata=range_(0.0, 10.0, lo_open=True))
     gain_l2: float = field(default=0.01, metadata=range_(0.0))
     probe_seeds: int = field(default=5, metadata=range_(2, 100))  # diagnostic: train resamples, one probe pair each
+    probe_init: Literal["clean", "zero"] = "clean"  # clean: the probe starts fitted to the clean teacher features
+    probe_every: int = field(default=1, metadata=range_(0))  # a probe refit step after every N prompt steps (0: never)
+    select_every: int = field(default=25, metadata=range_(0))  # score the prompt on val every N steps, keep the best (0: the last)
 
 
 @dataclass(frozen=True)

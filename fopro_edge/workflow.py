@@ -240,6 +240,15 @@ def _data_section(run: Path, longtail: Mapping[str, Any] | None, recipe: Recipe 
     return out
 
 
+def _sizes_text(recipe: Recipe, views: Mapping[str, Any]) -> str:
+    student = f"student {recipe.data.image_size} px"
+    if not recipe.uses_teacher:
+        return student
+    teacher = recipe.teacher.image_size or views.get("teacher_size")
+    return (f"{student}, teacher {teacher} px; each training image augmented once at "
+            f"{views.get('rendered_at', max(recipe.data.image_size, teacher or 0))} px and resized (antialiased) for the other")
+
+
 def _method_section(recipe: Recipe | None, metrics: Mapping[str, Any] | None) -> list[str]:
     from fopro_edge.distill.report import explore_summary, markdown_table
 
@@ -253,17 +262,29 @@ def _method_section(recipe: Recipe | None, metrics: Mapping[str, Any] | None) ->
         ["student", f"`{s.model}`" + (" (pre-trained)" if s.pretrained else " (from scratch)")],
         ["epochs / optimiser", f"{d.epochs} / {o.name} lr {o.lr}, {o.schedule}"],
     ]
-    if d.method in ("ekd", "ekd+fpg", "fopro"):
+    views = (metrics or {}).get("views") or {}
+    rows.append(["input sizes", _sizes_text(recipe, views)])
+    if views.get("fixed_views"):
+        fv = views["fixed_views"]
+        rows.append(["training views", f"{fv['views']} fixed augmented views per image (view seed {fv['view_seed']}), the "
+                                       f"same for every method and seed; teacher: {fv['teacher']}"
+                                       + (f" (cache built in {fv['seconds']:.0f} s)" if fv.get("built") else
+                                          " (reused from the cache)" if fv["teacher"] == "cached features" else "")])
+    if recipe.uses_teacher:
         rows.append(["EKD alignment weight λ", f"{d.align_weight}" + (", class-balanced (DRW) from 0.8 of the epochs"
                                                                     if d.align_balance == "drw" else "")])
-    if d.method in ("ekd+fpg", "fopro"):
-        rows.append(["FPG", f"alpha {p.alpha}, band {p.band}, conditional {p.conditional}"])
+    if recipe.uses_prompt:
+        what = ("a fixed random prompt, mean |log gain| " + f"{p.random_log_gain:g}" if d.method == "ekd+randfpg" else
+                f"conditional {p.conditional}")
+        rows.append(["FPG", f"alpha {p.alpha}, band {p.band}, {p.gain} gain, {what}; applied to the teacher's view at "
+                            f"{recipe.teacher.image_size or views.get('teacher_size')} px"])
     if d.method == "fopro":
-        rows.append(["AKD", f"adversarial FPG step every {d.akd.every} steps from epoch {d.akd.start_epoch + 1}, lr {d.akd.lr}"])
+        rows.append(["AKD", f"adversarial FPG step every {d.akd.every} steps from epoch {recipe.akd_start_epoch + 1}, lr {d.akd.lr}"])
     la = (metrics or {}).get("logit_adjust") or {}
     if la.get("tau"):
-        rows.append(["test-time logit adjustment", f"τ = {la['tau']:g} ({la.get('mode')}); PyTorch evaluation only, "
-                                                   "not applied by exported artifacts"])
+        rows.append(["test-time logit adjustment", f"τ = {la['tau']:g} ({la.get('mode')}); in the PyTorch evaluation and baked "
+                                                   "into the classifier bias of every exported artifact (not in the "
+                                                   "timm folder `student/`, which holds the plain classifier)"])
     out = ["## 2. Method\n", markdown_table(["", ""], rows)]
     ex = (metrics or {}).get("explore")
     explore = explore_summary(ex)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ from fopro_edge.ablate.bootstrap import (
 )
 from fopro_edge.ablate.ladder import AblationPlan, Cell, make_plan, run_ladder
 from fopro_edge.ablate.report import render_markdown, write_report
-from fopro_edge.ablate.stats import paired_t_interval, t_quantile
-from fopro_edge.ablate.summary import aggregate
+from fopro_edge.ablate.results import read_metrics
+from fopro_edge.ablate.stats import Interval, paired_t_interval, verdict
+from fopro_edge.ablate.summary import AblationReport, Difference, aggregate
 from fopro_edge.cli import _register, cli
 from fopro_edge.config import load_recipe, save_recipe
 from fopro_edge.distill.metrics import classification_metrics
@@ -39,18 +41,6 @@ _register()
 
 
 # ------------------------------------------------------------------ statistics
-@pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423)])
-def test_t_quantile_matches_the_printed_table(df, expected):
-    assert t_quantile(0.95, df) == pytest.approx(expected, abs=1e-4)
-
-
-def test_t_quantile_matches_scipy_where_it_is_installed():
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1, 2, 3, 5, 8, 29, 200):
-        for conf in (0.8, 0.95, 0.99):
-            assert t_quantile(conf, df) == pytest.approx(stats.t.ppf(0.5 + conf / 2, df), rel=1e-9)
-
-
 def test_paired_t_interval():
     t = paired_t_interval([0.16, 0.20, 0.24])
     half = 4.302653 * 0.04 / 3 ** 0.5
@@ -74,6 +64,7 @@ def test_point_metrics_reproduce_classification_metrics():
     for g in ("many", "few"):
         assert again[f"{g}_recall"] == pytest.approx(m["group_recall"][g], abs=1e-12)
     assert again["medium_recall"] is None and m["group_recall"]["medium"] is None
+    assert again["tail_recall"] == pytest.approx(m["tail_recall"], abs=1e-12) and m["tail_classes"] == ["c", "d"]
 
 
 def _labels() -> np.ndarray:
@@ -104,13 +95,13 @@ def test_bootstrap_of_a_known_improvement_contains_it_and_excludes_zero():
     base = _baseline_preds(labels)
     layout = ClassLayout(tuple(GROUPS[n] for n in NAMES), tuple(n in RARE for n in NAMES))
     pairs = [Pair(labels, base, _fixed(labels, base, 8 + 2 * s), layout, s) for s in range(3)]
-    iv = paired_bootstrap(pairs, resamples=500)
+    iv = paired_bootstrap(pairs, resamples=500).images
     assert iv["balanced_accuracy"].contains(0.20) and iv["balanced_accuracy"].low > 0
     assert iv["rare_recall"].contains(0.20) and iv["rare_recall"].low > 0
     noise = [Pair(labels, base, _fixed(labels, base, 5, break_=5), layout, s) for s in range(3)]
-    iv = paired_bootstrap(noise, resamples=500)
+    iv = paired_bootstrap(noise, resamples=500).images
     assert iv["balanced_accuracy"].low < 0 < iv["balanced_accuracy"].high
-    same = paired_bootstrap([Pair(labels, base, base.copy(), layout, 0)], resamples=200)
+    same = paired_bootstrap([Pair(labels, base, base.copy(), layout, 0)], resamples=200).images
     assert all(v is not None and v.low == v.high == 0.0 for k, v in same.items() if k != "medium_recall")
     assert same["medium_recall"] is not None  # class b is the medium group
 
@@ -122,7 +113,7 @@ def test_bootstrap_is_stratified_by_class():
     base = labels.copy()
     base[-1] = 0
     layout = ClassLayout(tuple(GROUPS[n] for n in NAMES), tuple(n in RARE for n in NAMES))
-    iv = paired_bootstrap([Pair(labels, base, labels.copy(), layout, 0)], resamples=300)
+    iv = paired_bootstrap([Pair(labels, base, labels.copy(), layout, 0)], resamples=300).images
     assert iv["balanced_accuracy"].low == iv["balanced_accuracy"].high == pytest.approx(0.25)
     assert iv["rare_recall"].low == iv["rare_recall"].high == pytest.approx(0.5)
 
@@ -176,14 +167,18 @@ def test_aggregate_a_known_difference(tmp_path):
     assert d.mean == pytest.approx(0.20) and d.seeds == 3 and d.sd == pytest.approx(0.04)
     assert d.seed_interval.contains(0.20) and d.seed_interval.low > 0
     assert d.seed_interval.high - d.seed_interval.low == pytest.approx(2 * 4.302653 * 0.04 / 3 ** 0.5, abs=1e-6)
-    assert d.bootstrap_interval.contains(0.20) and d.bootstrap_interval.low > 0 and d.bootstrap_note is None
+    assert d.image_interval.contains(0.20) and d.image_interval.low > 0 and d.bootstrap_note is None
+    assert d.seed_bootstrap_interval.contains(0.20) and d.seed_bootstrap_interval.low > 0 and d.verdict == "higher"
     few = _diff(r, "ekd", "few_recall")
-    assert few.mean == pytest.approx(0.20) and few.bootstrap_interval.low > 0
-    for metric in ("balanced_accuracy", "macro_f1", "many_recall", "medium_recall", "few_recall", "rare_recall"):
+    assert few.mean == pytest.approx(0.20) and few.image_interval.low > 0
+    tail = _diff(r, "ekd", "tail_recall")  # b, c, d: the medium and few groups
+    assert tail.mean == pytest.approx(0.20) and tail.seed_interval.low > 0
+    for metric in ("balanced_accuracy", "macro_f1", "many_recall", "medium_recall", "few_recall", "tail_recall",
+                   "rare_recall"):
         same = _diff(r, "fopro", metric)
-        assert same.mean == 0.0 and same.sd == 0.0
-        assert same.seed_interval.low == same.seed_interval.high == 0.0
-        assert same.bootstrap_interval.low == same.bootstrap_interval.high == 0.0
+        assert same.mean == 0.0 and same.sd == 0.0 and same.verdict == "no detectable difference"
+        for iv in (same.seed_interval, same.seed_bootstrap_interval, same.image_interval):
+            assert iv.low == iv.high == 0.0
     (bsm,) = [s for s in r.summary if s.method == "bsm"]
     expected = [(28 + s) / PER_CLASS for s in range(3)]
     assert bsm.metrics["balanced_accuracy"].mean == pytest.approx(np.mean(expected))
@@ -199,9 +194,9 @@ def test_a_cell_without_predictions_falls_back_to_the_seed_interval(tmp_path):
     plan = _ladder(tmp_path, ekd={1: {"predictions": False}})
     r = aggregate(plan, resamples=200, env=ENV)
     d = _diff(r, "ekd", "balanced_accuracy")
-    assert d.bootstrap_interval is None and "ekd-seed1" in d.bootstrap_note
-    assert d.seed_interval.contains(0.20) and d.mean == pytest.approx(0.20)
-    assert _diff(r, "fopro", "balanced_accuracy").bootstrap_interval is not None
+    assert d.image_interval is None and d.seed_bootstrap_interval is None and "ekd-seed1" in d.bootstrap_note
+    assert d.seed_interval.contains(0.20) and d.mean == pytest.approx(0.20) and d.verdict == "higher"
+    assert _diff(r, "fopro", "balanced_accuracy").image_interval is not None
     md = render_markdown(r)
     assert "ekd-seed1 has no metrics/test_predictions.npz" in md
 
@@ -212,7 +207,7 @@ def test_predictions_that_do_not_reproduce_the_metrics_are_not_used(tmp_path):
     p = load_predictions(rd.test_predictions)
     save_predictions(rd.test_predictions, ids=p.ids, labels=p.labels, logits=p.logits, predictions=p.labels, tau=0.0)
     d = _diff(aggregate(plan, resamples=100, env=ENV), "ekd", "balanced_accuracy")
-    assert d.bootstrap_interval is None and "ekd-seed2" in d.bootstrap_note and d.seed_interval is not None
+    assert d.image_interval is None and "ekd-seed2" in d.bootstrap_note and d.seed_interval is not None
 
 
 def test_a_cell_trained_with_another_recipe_is_noted(tmp_path):
@@ -227,10 +222,91 @@ def test_report_files(tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["baseline"] == "bsm" and data["methods"] == ["bsm", "ekd", "fopro"] and len(data["cells"]) == 9
     (d,) = [d for d in data["differences"] if d["method"] == "ekd" and d["metric"] == "balanced_accuracy"]
-    assert d["mean"] == pytest.approx(0.2) and d["bootstrap_interval"]["low"] > 0
+    assert d["mean"] == pytest.approx(0.2) and d["image_interval"]["low"] > 0 and d["verdict"] == "higher"
     md = paths["markdown"].read_text()
-    assert "| `ekd` | balanced accuracy | +0.200 | 3 | **[" in md
-    assert "| `fopro` | balanced accuracy | +0.000 | 3 | [+0.000, +0.000] | [+0.000, +0.000] |" in md
+    (row,) = [ln for ln in md.splitlines() if ln.startswith("| `ekd` | balanced accuracy |")]
+    assert row.startswith("| `ekd` | balanced accuracy | +0.200 | 3 | **[") and row.endswith("| higher |")
+    assert row.split(" | ")[5].startswith("**[") and "**" not in row.split(" | ")[6]  # the image-only one stays plain
+    assert ("| `fopro` | balanced accuracy | +0.000 | 3 | [+0.000, +0.000] | [+0.000, +0.000] | [+0.000, +0.000] | "
+            "no detectable difference |") in md
+    assert "tail recall" in md
+
+
+def _report(*differences: Difference, seeds: tuple[int, ...] = (0, 1, 2)) -> AblationReport:
+    return AblationReport(recipe="r.yaml", out="out", command="fopro-edge ablate r.yaml", methods=("bsm", "fopro"),
+                          seeds=seeds, baseline="bsm", overrides=(), confidence=0.95, resamples=2000, cells=(),
+                          summary=(), differences=differences, env=ENV, date="today")
+
+
+def _rows(md: str) -> list[str]:
+    return [ln for ln in md.split("## Against", 1)[1].split("## Cells", 1)[0].splitlines() if ln.startswith("| `")]
+
+
+def test_an_image_only_interval_that_excludes_zero_is_never_bold():
+    """fopro − bsm few recall of Fashion-MNIST-LT: the interval over test images excludes 0, the
+    ones over seeds do not: nothing is bold and the row says there is no detectable difference."""
+    t = paired_t_interval([-0.198, 0.004, 0.044])
+    d = Difference("fopro", "few_recall", t.mean, 3, t.sd, t.interval, Interval(-0.30, +0.02), Interval(-0.061, -0.039),
+                   verdict=verdict(t.mean, t.interval, Interval(-0.30, +0.02), 3))
+    (row,) = _rows(render_markdown(_report(d)))
+    assert "**" not in row and row.endswith("| [-0.061, -0.039] | no detectable difference |")
+    resolved = replace(d, seed_interval=Interval(-0.10, -0.01), verdict="lower")
+    (row,) = _rows(render_markdown(_report(resolved)))
+    assert "**[-0.100, -0.010]**" in row and "[-0.061, -0.039] |" in row and "**[-0.061" not in row
+
+
+def test_with_one_seed_nothing_is_bold_and_the_report_says_why():
+    d = Difference("fopro", "few_recall", -0.05, 1, None, None, None, Interval(-0.061, -0.039),
+                   verdict=verdict(-0.05, None, None, 1))
+    md = render_markdown(_report(d, seeds=(0,)))
+    (row,) = _rows(md)
+    assert "**" not in row and row.endswith("| one seed: no seed-level interval |")
+    assert "One seed: no seed-level interval" in md
+
+
+def test_seeds_that_disagree_give_no_detectable_difference_however_tight_the_images(tmp_path):
+    """ekd − bsm per seed +0.16, −0.04, +0.20: every seed's images resolve its own difference, the seeds do not."""
+    plan = _plan(tmp_path, methods=("bsm", "ekd"))
+    labels = _labels()
+    for s, (fix, break_) in enumerate(((8, 0), (0, 2), (10, 0))):
+        base = _baseline_preds(labels)
+        _write_cell(plan, "bsm", s, base)
+        _write_cell(plan, "ekd", s, _fixed(labels, base, fix, break_=break_))
+    r = aggregate(plan, resamples=500, env=ENV)
+    d = _diff(r, "ekd", "balanced_accuracy")
+    assert d.image_interval.low > 0 and d.seed_interval.contains(0.0) and d.seed_bootstrap_interval.low < d.image_interval.low
+    assert d.verdict == "no detectable difference"
+    (row,) = [ln for ln in _rows(render_markdown(r)) if "| balanced accuracy |" in ln]
+    assert "**" not in row and row.endswith("| no detectable difference |")
+
+
+def test_the_tail_follows_data_groups_tail_below(tmp_path):
+    """Train counts 200, 60, 10, 5: the default tail is b, c, d; tail_below 20 makes it c, d."""
+    plan = _ladder(tmp_path)
+    base = aggregate(plan, resamples=0, env=ENV)
+    assert _diff(base, "ekd", "tail_recall").mean == pytest.approx(0.20)
+    narrow = AblationPlan(plan.recipe, plan.out, plan.methods, plan.seeds, "bsm", ("data.groups.tail_below=20",))
+    rd = Cell("bsm", 0, plan.out).run_dir
+    metrics = read_metrics(rd, 20)
+    assert metrics.tail_classes == ("c", "d") and read_metrics(rd).tail_classes == ("b", "c", "d")
+    assert metrics.tail_recall == pytest.approx(28 / PER_CLASS) and metrics.layout().tail == (False, False, True, True)
+    r = aggregate(narrow, resamples=0, env=ENV)
+    (bsm,) = [s for s in r.summary if s.method == "bsm"]
+    assert bsm.metrics["tail_recall"].mean == pytest.approx(bsm.metrics["few_recall"].mean)
+
+
+def test_metrics_json_without_tail_recall_is_still_read(tmp_path):
+    plan = _ladder(tmp_path)
+    rd = Cell("bsm", 1, plan.out).run_dir
+    m = json.loads(rd.metrics_json.read_text())
+    del m["tail_recall"], m["tail_classes"]
+    rd.metrics_json.write_text(json.dumps(m))
+    assert read_metrics(rd).tail_recall == pytest.approx(29 / PER_CLASS)  # from the per-class recall
+    for row in m["per_class"]:
+        del row["train_count"]
+    rd.metrics_json.write_text(json.dumps(m))
+    assert read_metrics(rd).tail_recall == pytest.approx(29 / PER_CLASS)  # the default tail needs no counts
+    assert read_metrics(rd, 20).tail_recall is None  # a threshold without counts: unknown
 
 
 # ------------------------------------------------------------------ the ladder
@@ -323,7 +399,10 @@ def test_end_to_end_two_methods_one_seed(tmp_path):
     assert [c["status"] for c in data["cells"]] == ["trained", "trained"]
     assert all(c["predictions"] and c["best_epoch"] == 1 for c in data["cells"])
     (d,) = [d for d in data["differences"] if d["metric"] == "balanced_accuracy"]
-    assert d["method"] == "ce" and d["seeds"] == 1 and d["seed_interval"] is None and d["bootstrap_interval"] is not None
+    assert d["method"] == "ce" and d["seeds"] == 1 and d["seed_interval"] is None and d["image_interval"] is not None
+    assert d["seed_bootstrap_interval"] is None and d["verdict"] == "one seed: no seed-level interval"
+    assert not [row for row in _rows(r.stdout) if "**" in row]
+    assert "One seed: no seed-level interval" in r.stdout
     assert data["env"]["cpu"]["model"]
     stamp = (out / "ce-seed0" / "metrics" / "metrics.json").stat().st_mtime_ns
     again = _ablate(*args, "--json")

@@ -141,17 +141,17 @@ def test_informative_against_noise_features_is_a_clear_difference_with_its_sign(
 
 def test_an_identity_prompt_changes_nothing_and_a_strong_one_changes_the_features():
     tr = _trainer()
-    eval_tf = build_transform(32, "none", training=False)
-    train_set = ImageDataset(tr.splits.train, eval_tf)
+    eval_tf = build_transform(tr.teacher_size, "none", training=False)  # the teacher's views, at its size
+    train_set, val_set = ImageDataset(tr.splits.train, eval_tf), ImageDataset(tr.splits.val, eval_tf)
     few = tr.stats.group_ids("few")
-    fresh = prompt_diagnostic(tr.recipe, tr.teacher, tr.prompt, train_set, tr.val_set, few, tr.rt)
+    fresh = prompt_diagnostic(tr.recipe, tr.teacher, tr.prompt, train_set, val_set, few, tr.rt)
     assert fresh["probe"]["difference"]["balanced_accuracy"]["per_seed"] == [0.0] * 5
     assert fresh["gain"]["mean_abs_log_gain"] == 0.0 and fresh["gain"]["min"] == fresh["gain"]["max"] == 1.0
     assert fresh["effect"] == {"balanced_accuracy": "none", "few_recall": "none"}
     with torch.no_grad():  # the strongest high-pass the gain bounds allow: the teacher sees other images
         tr.prompt.prompt.fill_(-5.0)
         tr.prompt.prompt[:, :4, :4] = 5.0
-    strong = prompt_diagnostic(tr.recipe, tr.teacher, tr.prompt, train_set, tr.val_set, few, tr.rt)
+    strong = prompt_diagnostic(tr.recipe, tr.teacher, tr.prompt, train_set, val_set, few, tr.rt)
     assert strong["probe"]["difference"]["balanced_accuracy"]["per_seed"] != [0.0] * 5
     assert strong["gain"]["mean_abs_log_gain"] > 0.5
 

@@ -1,12 +1,14 @@
-"""Paired bootstrap over test images of a metric difference between two methods, averaged over seeds.
+"""Paired bootstraps of a metric difference between two methods: over seeds and images, and over images.
 
-Per seed, both methods were evaluated on the same test images. A resample draws, within each class,
-as many images as the class holds, with replacement (stratified: every class keeps its support, so
-every metric stays defined), and scores *both* methods' predictions on those same images. The
-difference (method minus baseline) is averaged over seeds resample by resample; the percentile
-interval of that average is the interval. The metrics are computed from confusion matrices exactly
-as :func:`fopro_edge.distill.metrics.classification_metrics` defines them (recall and F1 of the
-classes present, averaged; group and rare recall over their classes).
+Per seed, both methods were evaluated on the same test images. An image resample draws, within each
+class, as many images as the class holds, with replacement (:mod:`fopro_edge.bootstrap`), and scores
+*both* methods' predictions on those same images. The two-level bootstrap redraws the seeds with
+replacement and gives every drawn seed its own image resample; the difference (method minus
+baseline) is the mean over the drawn seeds. The image-only bootstrap averages the difference over
+the seeds as they are, so it ignores how much another seed would move it. The intervals are
+percentile intervals. The metrics are computed from confusion matrices exactly as
+:func:`fopro_edge.distill.metrics.classification_metrics` defines them (recall and F1 of the classes
+present, averaged; group, tail and rare recall over their classes).
 """
 
 from __future__ import annotations
@@ -17,23 +19,40 @@ from dataclasses import dataclass
 import numpy as np
 
 from fopro_edge.ablate.stats import Interval
+from fopro_edge.bootstrap import Strata, percentile_interval, seed_slots, slot_counts, two_level_means
+from fopro_edge.data.longtail import tail_members
 
-METRICS: tuple[str, ...] = ("balanced_accuracy", "macro_f1", "many_recall", "medium_recall", "few_recall", "rare_recall")
+METRICS: tuple[str, ...] = ("balanced_accuracy", "macro_f1", "many_recall", "medium_recall", "few_recall", "tail_recall",
+                            "rare_recall")
 GROUPS: tuple[str, ...] = ("many", "medium", "few")
 BOOTSTRAP_SEED = 0  # fixed, so a report is reproducible
-_DRAWS_PER_CHUNK = 1 << 21  # resampled images held in memory at once
 
 
 @dataclass(frozen=True)
 class ClassLayout:
-    """Per class (index order): its long-tail group (or ``None``) and whether it is rare."""
+    """Per class (index order): its long-tail group (or ``None``), whether it is rare and whether it
+    is in the tail (``None``: the default tail, the medium and few groups)."""
 
     groups: tuple[str | None, ...]
     rare: tuple[bool, ...]
+    tail: tuple[bool, ...] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.groups)
+
+    @property
+    def tail_mask(self) -> np.ndarray:
+        return np.array(self.tail if self.tail is not None else tail_members(self.groups, ()), bool)
+
+
+@dataclass(frozen=True)
+class BootstrapIntervals:
+    """Per metric: ``images``, over test images only (seed-to-seed variation ignored); ``seeds``, the
+    two-level bootstrap over seeds and their images (``None`` with one seed)."""
+
+    images: dict[str, Interval | None]
+    seeds: dict[str, Interval | None]
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,7 @@ def confusion_metrics(cm: np.ndarray, layout: ClassLayout) -> dict[str, np.ndarr
     out = {"balanced_accuracy": mean_over(recall, everything), "macro_f1": mean_over(f1, everything)}
     for g in GROUPS:
         out[f"{g}_recall"] = mean_over(recall, np.array([x == g for x in layout.groups], bool))
+    out["tail_recall"] = mean_over(recall, layout.tail_mask)
     out["rare_recall"] = mean_over(recall, np.array(layout.rare, bool))
     return out
 
@@ -80,51 +100,49 @@ def point_metrics(labels: np.ndarray, predictions: np.ndarray, layout: ClassLayo
 
 
 def _pair_differences(pair: Pair, resamples: int, seed: int) -> dict[str, np.ndarray | None]:
+    """Method minus baseline per metric over ``resamples`` stratified resamples of the pair's images
+    (the same images for both methods), from the stream of ``(seed, pair.seed)``."""
     k = pair.layout.num_classes
-    labels = np.asarray(pair.labels, np.int64)
-    n = len(labels)
-    order = np.argsort(labels, kind="stable")
-    y, base, new = labels[order], np.asarray(pair.baseline, np.int64)[order], np.asarray(pair.method, np.int64)[order]
-    support = np.bincount(y, minlength=k)
-    starts = np.concatenate(([0], np.cumsum(support)[:-1]))
-    first, size = starts[y], support[y]  # each image's class block in sorted order
-    rng = np.random.default_rng([seed, pair.seed])
+    strata = Strata.of(pair.labels, k)
+    y = strata.labels
+    base, new = (strata.sorted(np.asarray(p, np.int64)) for p in (pair.baseline, pair.method))
     out: dict[str, np.ndarray | None] = {m: np.empty(resamples) for m in METRICS}
-    step = max(1, _DRAWS_PER_CHUNK // max(n, 1))
-    for a in range(0, resamples, step):
-        b = min(a + step, resamples)
-        idx = first + rng.integers(0, size, size=(b - a, n))  # y[idx] == y: stratified
-        row = (np.arange(b - a)[:, None] * k + y[None, :]) * k
-        cms = [np.bincount((row + p[idx]).ravel(), minlength=(b - a) * k * k).reshape(b - a, k, k) for p in (base, new)]
+    for rows, idx in strata.chunks(np.random.default_rng([seed, pair.seed]), resamples):
+        r = len(idx)
+        cell = (np.arange(r)[:, None] * k + y[None, :]) * k
+        cms = [np.bincount((cell + p[idx]).ravel(), minlength=r * k * k).reshape(r, k, k) for p in (base, new)]
         before, after = confusion_metrics(cms[0], pair.layout), confusion_metrics(cms[1], pair.layout)
         for m in METRICS:
+            diff = out[m]
             if before[m] is None or after[m] is None:
                 out[m] = None
-            elif out[m] is not None:
-                out[m][a:b] = after[m] - before[m]
+            elif diff is not None:
+                diff[rows] = after[m] - before[m]
     return out
 
 
 def paired_bootstrap(
     pairs: Sequence[Pair], *, resamples: int = 2000, confidence: float = 0.95, seed: int = BOOTSTRAP_SEED
-) -> dict[str, Interval | None]:
-    """Percentile interval of the seed-averaged difference (method minus baseline) per metric;
-    ``None`` for a metric no seed defines. Seeds where a metric is undefined are left out of its mean."""
+) -> BootstrapIntervals:
+    """Percentile intervals of the difference (method minus baseline) per metric, ``None`` for a
+    metric no seed defines; seeds where a metric is undefined are left out of its mean.
+
+    ``images``: per resample, every seed's test images redrawn within class, the difference averaged
+    over the seeds. ``seeds`` (two or more seeds): per resample, the seeds redrawn with replacement,
+    each drawn seed with its own redraw of its images, the difference averaged over the drawn seeds."""
+    empty: dict[str, Interval | None] = {m: None for m in METRICS}
     if resamples <= 0 or not pairs:
-        return {m: None for m in METRICS}
-    total = {m: np.zeros(resamples) for m in METRICS}
-    seeds = dict.fromkeys(METRICS, 0)
-    for pair in pairs:
-        for m, diff in _pair_differences(pair, resamples, seed).items():
-            if diff is not None:
-                total[m] += diff
-                seeds[m] += 1
-    tail = 50.0 * (1.0 - confidence)
-    out: dict[str, Interval | None] = {}
+        return BootstrapIntervals(empty, dict(empty))
+    slots = seed_slots(np.random.default_rng([seed, *(p.seed for p in pairs)]), len(pairs), resamples)
+    need = slot_counts(slots, len(pairs))
+    diffs = [_pair_differences(p, max(resamples, int(n)), seed) for p, n in zip(pairs, need)]
+    images, seeds = dict(empty), dict(empty)
     for m in METRICS:
-        if not seeds[m]:
-            out[m] = None
+        mine = [d[m] for d in diffs]
+        defined = [v[:resamples] for v in mine if v is not None]
+        if not defined:
             continue
-        lo, hi = np.percentile(total[m] / seeds[m], [tail, 100.0 - tail])
-        out[m] = Interval(float(lo), float(hi))
-    return out
+        images[m] = Interval(*percentile_interval(np.mean(defined, axis=0), confidence))
+        if len(pairs) > 1:
+            seeds[m] = Interval(*percentile_interval(two_level_means(slots, mine), confidence))
+    return BootstrapIntervals(images, seeds)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from fopro_edge.ablate.bootstrap import METRICS
-from fopro_edge.ablate.results import machine
-from fopro_edge.ablate.stats import Interval, Spread
-from fopro_edge.ablate.summary import AblationReport
+from fopro_edge.ablate.results import ProbeDifference, machine
+from fopro_edge.ablate.stats import NO_DIFFERENCE, Interval, Spread, resolved
+from fopro_edge.ablate.summary import AblationReport, Difference
 from fopro_edge.io import atomic_write_json, atomic_write_text
 
 LABELS = {"balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1", "many_recall": "many recall",
-          "medium_recall": "medium recall", "few_recall": "few recall", "rare_recall": "rare recall"}
+          "medium_recall": "medium recall", "few_recall": "few recall", "tail_recall": "tail recall",
+          "rare_recall": "rare recall"}
 JSON_NAME, MARKDOWN_NAME = "ablation.json", "ablation.md"
 
 
@@ -25,12 +26,20 @@ def _signed(v: float) -> str:
     return f"{v:+.3f}"
 
 
-def interval_text(iv: Interval | None) -> str:
-    """``[low, high]`` with signs, bold when it excludes 0; ``–`` for none."""
+def interval_text(iv: Interval | None, *, bold: bool = False) -> str:
+    """``[low, high]`` with signs, bold when ``bold`` and it excludes 0; ``–`` for none."""
     if iv is None:
         return "–"
     text = f"[{_signed(iv.low)}, {_signed(iv.high)}]"
-    return f"**{text}**" if iv.low > 0 or iv.high < 0 else text
+    return f"**{text}**" if bold and iv.excludes_zero else text
+
+
+def _difference_row(d: Difference) -> list:
+    """Bold only on a resolved difference (its paired t-interval excludes 0); the image-only
+    interval is always plain."""
+    decided = resolved(d.seed_interval)
+    return [f"`{d.method}`", LABELS[d.metric], _signed(d.mean), d.seeds, interval_text(d.seed_interval, bold=decided),
+            interval_text(d.seed_bootstrap_interval, bold=decided), interval_text(d.image_interval), d.verdict]
 
 
 def _count(n: int, word: str) -> str:
@@ -55,17 +64,23 @@ def render_markdown(r: AblationReport) -> str:
         markdown_table(["method", "seeds", *(LABELS[m] for m in METRICS)],
                        [[f"`{s.method}`", s.seeds, *(_spread(s.metrics[m]) for m in METRICS)] for s in r.summary]),
         f"## Against `{r.baseline}`: method − {r.baseline}, mean over seeds, {pct} intervals\n",
-        ("Over seeds: paired t-interval of the per-seed differences (needs 2 seeds). Over test images: paired "
-         f"bootstrap, {r.resamples} resamples stratified by class, the same images for both methods, the "
-         "difference averaged over seeds per resample. **Bold**: the interval excludes 0.\n"),
+        ("Over seeds: the paired t-interval of the per-seed differences. Over seeds × images: a two-level "
+         f"paired bootstrap, {r.resamples} resamples: the seeds redrawn with replacement, then each drawn seed's "
+         "test images redrawn within class, the same images for both methods; the difference is the mean over "
+         "the drawn seeds. Both need 2 seeds. Over test images only: the images redrawn the same way, the "
+         "seeds kept as they are: it ignores how much another seed would move the difference, so it never "
+         "decides one. **Bold**: a seed-level interval that excludes 0, of a difference resolved by its paired "
+         f"t-interval excluding 0; verdict \"{NO_DIFFERENCE}\" where the paired t-interval contains 0.\n"),
+        *(["One seed: no seed-level interval, so no difference is resolved (run more seeds).\n"]
+          if len(r.seeds) < 2 else []),
     ]
-    rows = [[f"`{d.method}`", LABELS[d.metric], _signed(d.mean), d.seeds, interval_text(d.seed_interval),
-             interval_text(d.bootstrap_interval)] for d in r.differences]
-    lines.append(markdown_table(["method", "metric", "difference", "seeds", f"{pct} over seeds",
-                                 f"{pct} over test images"], rows) if rows else "(one method only)\n")
+    rows = [_difference_row(d) for d in r.differences]
+    lines.append(markdown_table(["method", "metric", "difference", "seeds", f"{pct} over seeds (paired t)",
+                                 f"{pct} over seeds × images", f"{pct} over test images only", "verdict"], rows)
+                 if rows else "(one method only)\n")
     fallbacks = sorted({f"`{d.method}`: {d.bootstrap_note}" for d in r.differences if d.bootstrap_note})
     if fallbacks:
-        lines.append("Without an interval over test images (the seed interval stands alone):\n")
+        lines.append("Without bootstrap intervals (the paired t-interval stands alone):\n")
         lines += [f"- {f}" for f in fallbacks]
         lines.append("")
     lines.append("## Cells\n")
@@ -87,8 +102,8 @@ def render_markdown(r: AblationReport) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _pair(a: tuple[float, float] | None) -> str:
-    return "–" if a is None else interval_text(Interval(*a))
+def _pair(a: tuple[float, float] | None, *, bold: bool = False) -> str:
+    return "–" if a is None else interval_text(Interval(*a), bold=bold)
 
 
 def _prompt_and_akd(r: AblationReport) -> list[str]:
@@ -107,9 +122,8 @@ def _prompt_and_akd(r: AblationReport) -> list[str]:
         rows.append([
             f"`{Path(c.dir).name}`",
             "–" if p is None else f"{p.clean.balanced_accuracy:.3f} / {_num(p.clean.few_recall, '.3f')}",
-            "–" if p is None else f"{_signed(p.difference.balanced_accuracy.mean)} {_pair(p.difference.balanced_accuracy.t_interval)} "
-                                  f"{_pair(p.difference.balanced_accuracy.bootstrap_interval)}",
-            "–" if few is None else f"{_signed(few.mean)} {_pair(few.t_interval)} {_pair(few.bootstrap_interval)}",
+            "–" if p is None else _probe_difference(p.difference.balanced_accuracy),
+            "–" if few is None else _probe_difference(few),
             "–" if e is None or e.gain is None else f"{e.gain.min:.2f}–{e.gain.max:.2f} ({e.gain.mean_abs_log_gain:.3f})",
             "–" if a is None else f"{a.steps}: {a.first:.2f} → {a.first_epoch_mean:.2f} → {a.last_epoch_mean:.2f}",
         ])
@@ -119,12 +133,17 @@ def _prompt_and_akd(r: AblationReport) -> list[str]:
         "## What the Fourier prompt and AKD did\n",
         ("Teacher probe: the explore stage's class-balanced linear probe on the frozen teacher's val features, "
          "clean (balanced accuracy / few recall) and prompted − clean with the prompt frozen, each difference with its "
-         "95 % intervals over probe seeds and over val images (**bold**: excludes 0). Gain: the prompt's effective "
+         "95 % intervals over probe seeds and over val images (**bold**: the interval over probe seeds excludes 0; the "
+         "one over val images ignores the probe seeds' spread and is never bold). Gain: the prompt's effective "
          "amplitude gain over val images, min–max (mean |log gain|). AKD: adversarial steps, the term at its first step → "
          "mean over the first AKD epoch → over the last.\n"),
         markdown_table(["cell", "clean teacher probe", "prompted − clean: balanced accuracy", "few recall", "gain",
                         "AKD adversarial term"], rows),
     ]
+
+
+def _probe_difference(d: ProbeDifference) -> str:
+    return f"{_signed(d.mean)} {_pair(d.t_interval, bold=True)} {_pair(d.bootstrap_interval)}"
 
 
 def write_report(r: AblationReport) -> dict[str, Path]:

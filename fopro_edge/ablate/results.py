@@ -9,10 +9,11 @@ stage's paired teacher probe and the prompt's gain), ``env.json`` (the machine i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fopro_edge.ablate.bootstrap import GROUPS, METRICS, ClassLayout
+from fopro_edge.data.longtail import tail_members
 from fopro_edge.distill.rundir import RunDir
 from fopro_edge.errors import DataError
 from fopro_edge.schema import from_json
@@ -34,6 +35,7 @@ class ClassMetrics:
     recall: float | None = None
     group: str | None = None
     rare: bool = False
+    train_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,18 @@ class RunMetrics:
     rare_recall: float | None = None
     best_epoch: int | None = None
     num_samples: int | None = None
+    tail_recall: float | None = None  # absent from files of older runs: see with_tail
+    tail_classes: tuple[str, ...] | None = None
+
+    def with_tail(self, tail_below: int | None) -> RunMetrics:
+        """Tail recall recomputed from the per-class recall (and train counts, for ``tail_below``);
+        ``None`` with an empty tail where the train counts it needs are missing."""
+        members = tail_members([c.group for c in self.per_class], [c.train_count for c in self.per_class], tail_below)
+        if members is None:
+            return replace(self, tail_recall=None, tail_classes=())
+        recalls = [c.recall for c, t in zip(self.per_class, members) if t and c.recall is not None]
+        return replace(self, tail_recall=sum(recalls) / len(recalls) if recalls else None,
+                       tail_classes=tuple(c.name for c, t in zip(self.per_class, members) if t))
 
     def value(self, metric: str) -> float | None:
         if metric.endswith("_recall") and metric.removesuffix("_recall") in GROUPS:
@@ -59,7 +73,8 @@ class RunMetrics:
         return {m: self.value(m) for m in METRICS}
 
     def layout(self) -> ClassLayout:
-        return ClassLayout(tuple(c.group for c in self.per_class), tuple(c.rare for c in self.per_class))
+        tail = None if self.tail_classes is None else tuple(c.name in self.tail_classes for c in self.per_class)
+        return ClassLayout(tuple(c.group for c in self.per_class), tuple(c.rare for c in self.per_class), tail)
 
 
 @dataclass(frozen=True)
@@ -162,8 +177,9 @@ def _read_json(path: Path) -> object:
         raise DataError(f"{path}: not readable JSON ({e}); re-run the cell (delete its folder)") from None
 
 
-def read_metrics(rd: RunDir) -> RunMetrics:
-    return from_json(RunMetrics, _read_json(rd.metrics_json), str(rd.metrics_json))
+def read_metrics(rd: RunDir, tail_below: int | None = None) -> RunMetrics:
+    """The run's test metrics, tail recall for the tail of ``tail_below`` (``data.groups.tail_below``)."""
+    return from_json(RunMetrics, _read_json(rd.metrics_json), str(rd.metrics_json)).with_tail(tail_below)
 
 
 def machine(env: dict) -> str:

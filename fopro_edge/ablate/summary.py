@@ -1,6 +1,7 @@
 """Aggregate the finished cells of an ablation: per method mean ± sd over seeds, and per method the
-paired differences against the baseline with two 95 % intervals, one over seeds (paired t) and one
-over test images (paired bootstrap stratified by class, averaged over seeds)."""
+paired differences against the baseline with 95 % intervals over seeds (paired t, and a two-level
+paired bootstrap over seeds and test images) and, beside them, over test images only. Only the
+paired t-interval decides whether a difference is resolved."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fopro_edge.ablate.bootstrap import METRICS, Pair, paired_bootstrap, point_metrics
+from fopro_edge.ablate.bootstrap import METRICS, BootstrapIntervals, Pair, paired_bootstrap, point_metrics
 from fopro_edge.ablate.ladder import DONE, AblationPlan, Cell
 from fopro_edge.ablate.results import (
     AkdCurve,
@@ -25,7 +26,7 @@ from fopro_edge.ablate.results import (
     read_wall_seconds,
     train_seconds,
 )
-from fopro_edge.ablate.stats import Interval, Spread, paired_t_interval, spread
+from fopro_edge.ablate.stats import Interval, Spread, paired_t_interval, spread, verdict
 from fopro_edge.distill.predictions import TestPredictions, load_predictions
 from fopro_edge.errors import ConfigError, DataError
 
@@ -67,9 +68,11 @@ class Difference:
     mean: float
     seeds: int
     sd: float | None
-    seed_interval: Interval | None  # paired t over seeds; None with one seed
-    bootstrap_interval: Interval | None  # paired bootstrap over test images; None without predictions
-    bootstrap_note: str | None = None
+    seed_interval: Interval | None  # paired t over seeds; None with one seed; it alone decides
+    seed_bootstrap_interval: Interval | None  # two-level bootstrap, seeds then test images; None with one seed
+    image_interval: Interval | None  # bootstrap over test images only; never decides
+    bootstrap_note: str | None = None  # why there is no bootstrap, when there is none
+    verdict: str = ""  # stats.verdict: higher, lower, no detectable difference, one seed
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ def aggregate(
         from fopro_edge.envinfo import collect_env
 
         env = collect_env()
-    cells = {(c.method, c.seed): _read_cell(c) for c in plan.cells()}
+    tail_below = _tail_below(plan)
+    cells = {(c.method, c.seed): _read_cell(c, tail_below) for c in plan.cells()}
     notes = [n for c in plan.cells() for n in _recipe_drift(plan, c)]
     summaries = [_cell_summary(x, (statuses or {}).get(x.cell.name, "reused")) for x in cells.values()]
     methods = []
@@ -138,9 +142,15 @@ def aggregate(
     )
 
 
-def _read_cell(cell: Cell) -> _Cell:
+def _tail_below(plan: AblationPlan) -> int | None:
+    from fopro_edge.config import load_recipe
+
+    return load_recipe(plan.recipe, list(plan.overrides), check_paths=False).data.groups.tail_below
+
+
+def _read_cell(cell: Cell, tail_below: int | None) -> _Cell:
     rd = cell.run_dir
-    metrics = read_metrics(rd)
+    metrics = read_metrics(rd, tail_below)
     if metrics.method != cell.method:
         raise DataError(f"{rd.metrics_json}: a run of method '{metrics.method}' in the folder of '{cell.method}' "
                         "(move it away and re-run the cell)")
@@ -193,7 +203,7 @@ def _differences(plan: AblationPlan, cells: Mapping[tuple[str, int], _Cell], met
     for s in plan.seeds:
         p = _pair(cells[(plan.baseline, s)], cells[(method, s)], s)
         (pairs if isinstance(p, Pair) else problems).append(p)
-    boot = paired_bootstrap(pairs, resamples=resamples, confidence=confidence) if not problems else {}
+    boot = paired_bootstrap(pairs, resamples=resamples, confidence=confidence) if not problems else None
     note = "; ".join(problems) if problems else ("bootstrap off (--resamples 0)" if resamples <= 0 else None)
     out = []
     for metric in METRICS:
@@ -205,8 +215,15 @@ def _differences(plan: AblationPlan, cells: Mapping[tuple[str, int], _Cell], met
         if not diffs:
             continue
         t = paired_t_interval(diffs, confidence)
-        out.append(Difference(method, metric, t.mean, t.n, t.sd, t.interval, boot.get(metric), note))
+        two_level, images = _bootstrap_of(boot, metric)
+        out.append(Difference(method, metric, t.mean, t.n, t.sd, t.interval, two_level, images, note,
+                              verdict(t.mean, t.interval, two_level, t.n)))
     return out
+
+
+def _bootstrap_of(boot: BootstrapIntervals | None, metric: str) -> tuple[Interval | None, Interval | None]:
+    """The two-level and the image-only interval of ``metric`` (none without a bootstrap)."""
+    return (None, None) if boot is None else (boot.seeds.get(metric), boot.images.get(metric))
 
 
 def _recipe_drift(plan: AblationPlan, cell: Cell) -> list[str]:

@@ -16,14 +16,15 @@ import click
 @click.option("--baseline", default="bsm", show_default=True, help="The method every other one is compared with.")
 @click.option("--report-only", is_flag=True, help="Aggregate the finished cells; train nothing (exit 2 naming any cell not finished).")
 @click.option("--resamples", default=2000, show_default=True, type=click.IntRange(min=0),
-              help="Bootstrap resamples of the test images (0: seed intervals only).")
+              help="Bootstrap resamples, over seeds × test images and over test images only (0: paired t only).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides runtime.device).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars of the runs (default: on a terminal only).")
 @click.option("--json", "json_out", is_flag=True, help="Print ablation.json's content on stdout instead of the Markdown report.")
 def ablate(recipe: str, methods: str, seeds: str, out: str | None, overrides: tuple[str, ...], baseline: str,
            report_only: bool, resamples: int, device: str | None, progress: bool | None, json_out: bool) -> None:
     """Compare methods over seeds: one full distill run per (method, seed) cell, then mean ± sd per method
-    and paired differences against --baseline with 95 % intervals over seeds and over test images.
+    and paired differences against --baseline with 95 % intervals over seeds (paired t, which alone
+    resolves a difference, and a two-level bootstrap over seeds and test images) and over test images only.
 
     Resumable: a finished cell (metrics/metrics.json) is reused, an unfinished one continued. Writes
     OUT/ablation.json and OUT/ablation.md.

@@ -1,4 +1,4 @@
-"""Long-tail statistics of a training split: counts, imbalance ratio, many/medium/few groups, rare set."""
+"""Long-tail statistics of a training split: counts, imbalance ratio, many/medium/few groups, tail, rare set."""
 
 from __future__ import annotations
 
@@ -101,6 +101,17 @@ def compute_longtail_stats(
         few = [n for n, g in zip(names, group) if g == "few"]
         rare_t = tuple(few) if few else (names[int(np.argmin(counts))],)
     return LongTailStats(names, tuple(int(c) for c in counts), ratio, group, rare_t)
+
+
+def tail_members(
+    groups: Sequence[str | None], counts: Sequence[int | None], tail_below: int | None = None
+) -> tuple[bool, ...] | None:
+    """Per class, whether it is in the tail: train count below ``tail_below``; without it, the
+    medium and few groups (count <= many_above). ``None`` when a count the threshold needs is unknown."""
+    if tail_below is None:
+        return tuple(g in ("medium", "few") for g in groups)
+    known = [int(c) for c in counts if c is not None]
+    return tuple(c < tail_below for c in known) if len(known) == len(counts) else None
 
 
 def longtail_counts(max_per_class: int, imbalance_ratio: float, num_classes: int) -> list[int]:

@@ -35,11 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from fopro_edge.bootstrap import Strata, percentile_interval
 from fopro_edge.deploy.profiles import GateConfig
 
-
 BOOTSTRAP_SEED = 0  # fixed, so a report is reproducible
-_DRAWS_PER_CHUNK = 1 << 21  # resampled images held in memory at once
 
 
 @dataclass(frozen=True)
@@ -284,11 +283,10 @@ def margin_shift(
     delta = (new - scale * ref)[idx]
     interval = None
     if resamples > 0:
-        rng = np.random.default_rng(seed)
-        means = delta[rng.integers(0, len(delta), size=(resamples, len(delta)))].mean(axis=1)
-        tail = 50.0 * (1.0 - confidence)
-        lo, hi = np.percentile(means, [tail, 100.0 - tail])
-        interval = Interval(float(lo), float(hi))
+        strata, means = Strata.of(np.zeros(len(delta), np.int64)), np.empty(resamples)  # one stratum: a plain bootstrap
+        for rows, draws in strata.chunks(np.random.default_rng(seed), resamples):
+            means[rows] = delta[draws].mean(axis=1)
+        interval = Interval(*percentile_interval(means, confidence))
     floor = tolerance * float(np.abs(ref[idx]).mean())
     return MarginShift(images=len(idx), mean=float(delta.mean()), interval=interval, scale=scale, floor=floor)
 
@@ -368,28 +366,20 @@ def bootstrap_intervals(
     n = len(labels)
     if resamples <= 0 or n == 0:
         return None
-    order = np.argsort(labels, kind="stable")
-    y, ref, new = labels[order], np.asarray(reference_preds)[order], np.asarray(preds)[order]
-    support = np.bincount(y, minlength=num_classes)
-    present = np.flatnonzero(support)
-    starts = np.concatenate(([0], np.cumsum(support)[:-1]))
+    strata = Strata.of(labels, num_classes)
+    y, ref, new = strata.labels, strata.sorted(reference_preds), strata.sorted(preds)
+    present = strata.present
+    support, starts = strata.support[present], strata.starts[present]
     lost = (ref == y).astype(np.int8) - (new == y).astype(np.int8)  # +1 right->wrong, -1 wrong->right
     changed = (ref != new).astype(np.int8)
-    first, size = starts[y], support[y]  # each image's class block in sorted order
-    rng = np.random.default_rng(seed)
     class_drops = np.empty((resamples, len(present)))
     flip_rates = np.empty(resamples)
-    step = max(1, _DRAWS_PER_CHUNK // n)
-    for a in range(0, resamples, step):
-        b = min(a + step, resamples)
-        idx = first + rng.integers(0, size, size=(b - a, n))
-        class_drops[a:b] = np.add.reduceat(lost[idx], starts[present], axis=1, dtype=np.int32) / support[present]
-        flip_rates[a:b] = changed[idx].sum(axis=1, dtype=np.int32) / n
-    tail = 50.0 * (1.0 - confidence)
+    for rows, idx in strata.chunks(np.random.default_rng(seed), resamples):
+        class_drops[rows] = np.add.reduceat(lost[idx], starts, axis=1, dtype=np.int32) / support
+        flip_rates[rows] = changed[idx].sum(axis=1, dtype=np.int32) / n
 
     def interval(x: np.ndarray) -> Interval:
-        lo, hi = np.percentile(x, [tail, 100.0 - tail])
-        return Interval(float(lo), float(hi))
+        return Interval(*percentile_interval(x, confidence))
 
     per_class: list[Interval | None] = [None] * num_classes
     for j, k in enumerate(present):

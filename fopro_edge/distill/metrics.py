@@ -1,4 +1,4 @@
-"""Long-tail classification metrics: per-class table, group and rare-class recall, confusion matrix.
+"""Long-tail classification metrics: per-class table, group, tail and rare-class recall, confusion matrix.
 
 A class absent from ``y_true`` has no defined recall (or F1): it is reported as ``None`` and left
 out of every mean (balanced accuracy, macro F1, group and rare recall). Precision of a class that is
@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from fopro_edge.data.longtail import tail_members
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,16 @@ def classification_metrics(
     train_counts: Sequence[int] | Mapping[str, int],
     groups: Mapping[str, str],
     rare_classes: Sequence[str],
+    tail_below: int | None = None,
 ) -> dict[str, Any]:
     """Metrics of integer predictions against integer labels (indices into ``class_names``).
 
     ``train_counts``: per class, aligned with ``class_names`` or keyed by name. ``groups``: class
-    name -> ``many`` | ``medium`` | ``few``. Returns ``balanced_accuracy``, ``macro_f1``,
+    name -> ``many`` | ``medium`` | ``few``. ``tail_below``: the tail is the classes of fewer train
+    images (default: the medium and few groups). Returns ``balanced_accuracy``, ``macro_f1``,
     ``accuracy``, ``per_class`` (name, precision, recall, f1, support, train_count, group, rare),
-    ``group_recall``, ``rare_recall``, ``confusion_matrix`` (rows: true, columns: predicted, class
-    order), ``num_samples``, ``num_classes``.
+    ``group_recall``, ``tail_recall`` with its ``tail_classes``, ``rare_recall``,
+    ``confusion_matrix`` (rows: true, columns: predicted, class order), ``num_samples``, ``num_classes``.
     """
     names = [str(c) for c in class_names]
     num_classes = len(names)
@@ -106,6 +110,7 @@ def classification_metrics(
         log.debug("classes absent from the evaluated labels (recall undefined): %s", absent)
 
     recalls = [row["recall"] for row in per_class]
+    tail = tail_members([row["group"] for row in per_class], counts, tail_below) or ()
     return {
         "num_samples": int(len(yt)),
         "num_classes": num_classes,
@@ -114,6 +119,8 @@ def classification_metrics(
         "balanced_accuracy": _mean(recalls),
         "macro_f1": _mean([row["f1"] for row in per_class]),
         "group_recall": {g: _mean([r["recall"] for r in per_class if r["group"] == g]) for g in GROUPS},
+        "tail_recall": _mean([r for r, t in zip(recalls, tail) if t]),
+        "tail_classes": [n for n, t in zip(names, tail) if t],
         "rare_recall": _mean([r["recall"] for r in per_class if r["rare"]]),
         "per_class": per_class,
         "confusion_matrix": cm.astype(int).tolist(),

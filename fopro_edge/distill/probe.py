@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fopro_edge.bootstrap import Strata, percentile_interval
+
 log = logging.getLogger(__name__)
 
 MAX_ITER = 5000
@@ -54,9 +56,7 @@ def extract_features(
 
 def bootstrap_indices(y: np.ndarray, seed: int) -> np.ndarray:
     """A stratified bootstrap resample of ``range(len(y))``: every class keeps its count (drawn with replacement)."""
-    from sklearn.utils import resample
-
-    return np.sort(resample(np.arange(len(y)), replace=True, stratify=y, random_state=seed))
+    return Strata.of(y).resample(np.random.default_rng(seed))
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray) -> tuple[Any, bool]:
@@ -137,19 +137,17 @@ def paired_bootstrap_interval(
     probe seeds; both sides are resampled together (paired). ``classes``: the classes the metric
     averages over (all for balanced accuracy, the few group for few recall); absent ones are skipped.
     """
-    rng = np.random.default_rng(seed)
-    d = np.asarray(per_image_difference, dtype=np.float64)
-    means = []
-    for c in classes:
-        members = np.flatnonzero(y == c)
-        if len(members):
-            draws = rng.integers(0, len(members), size=(resamples, len(members)))
-            means.append(d[members][draws].mean(axis=1))
-    if not means:
+    strata = Strata.of(y)
+    present = strata.present
+    chosen = np.isin(present, list(classes))
+    if not chosen.any():
         return None
-    stat = np.mean(means, axis=0)
-    tail = 100 * (1 - confidence) / 2
-    return [float(np.percentile(stat, tail)), float(np.percentile(stat, 100 - tail))]
+    d = strata.sorted(np.asarray(per_image_difference, dtype=np.float64))
+    stat = np.empty(resamples)
+    for rows, idx in strata.chunks(np.random.default_rng(seed), resamples):
+        per_class = np.add.reduceat(d[idx], strata.starts[present], axis=1) / strata.support[present]
+        stat[rows] = per_class[:, chosen].mean(axis=1)
+    return list(percentile_interval(stat, confidence))
 
 
 def score_probes(preds: np.ndarray, y_val: np.ndarray, few_ids: Sequence[int]) -> list[dict[str, Any]]:

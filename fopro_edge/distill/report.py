@@ -168,7 +168,8 @@ def _logit_adjust_note(la: Mapping[str, Any] | None) -> list[str]:
         "## Test-time logit adjustment\n",
         f"Predictions are argmax(logits − τ·log π), τ = {la['tau']:g} ({how}), π the train class frequencies. "
         f"Without it: balanced accuracy {_pct(plain.get('balanced_accuracy'))} %, few recall {_pct(few)} %. "
-        "Exported ONNX / OpenVINO / TensorRT artifacts carry it in the classifier bias (metadata `fopro_edge.logit_adjust`).\n",
+        "Exported ONNX / OpenVINO / TensorRT artifacts carry it in the classifier bias (metadata `fopro_edge.logit_adjust`); "
+        "the timm folder `student/` holds the plain classifier.\n",
     ]
 
 

@@ -360,6 +360,7 @@ class Trainer:
         return classification_metrics(
             y_true, y_pred, self.class_names,
             train_counts=list(self.stats.counts), groups=self.stats.group_of(), rare_classes=list(self.stats.rare_classes),
+            tail_below=self.recipe.data.groups.tail_below,
         )
 
     def _evaluate(self, dataset) -> dict[str, Any]:
