@@ -135,6 +135,7 @@ class PromptConfig:
     channels: Literal["auto", "shared", "per_channel"] = "auto"  # auto: one gain for all channels of grey images
     # ekd+randfpg: mean |log gain| of the fixed random prompt (set it to a learned prompt's, explore.json gain)
     random_log_gain: float = field(default=0.1, metadata=range_(0.0, 5.0))
+    random_seed: int | None = field(default=None, metadata=range_(0))  # its draw; default: the run's seed
 
 
 @dataclass(frozen=True)

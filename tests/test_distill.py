@@ -27,7 +27,7 @@ def _run(tmp_path: Path, name: str, *overrides: str, resume: bool = False):
     return distill(recipe, prepare_run_dir(tmp_path / name, recipe.name, resume=resume), resume=resume, progress=False)
 
 
-@pytest.mark.parametrize("method", ["ce", "bsm", "ekd", "ekd+fpg", "fopro"])
+@pytest.mark.parametrize("method", ["ce", "bsm", "ekd", "ekd+fpg", "ekd+randfpg", "fopro"])
 def test_every_method_trains_and_reports(tmp_path, method):
     result = _run(tmp_path, "run", f"distill.method={method}")
     rd = result.run_dir
@@ -35,7 +35,7 @@ def test_every_method_trains_and_reports(tmp_path, method):
                  "checkpoints/last.pt", "metrics/metrics.json", "metrics/metrics.md", "metrics/per_class_recall.png",
                  "metrics/confusion_matrix.png", "student/config.json", "student/model.safetensors"):
         assert (rd / name).is_file(), name
-    assert (rd / "metrics" / "fpg_gain.png").is_file() == (method in ("ekd+fpg", "fopro"))
+    assert (rd / "metrics" / "fpg_gain.png").is_file() == (method in ("ekd+fpg", "ekd+randfpg", "fopro"))
     assert (rd / "explore.json").is_file() == (method in ("ekd+fpg", "fopro"))
     m = json.loads((rd / "metrics" / "metrics.json").read_text())
     assert m["split"] == "test" and m["method"] == method

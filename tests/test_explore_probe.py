@@ -169,10 +169,15 @@ def test_effective_gain_of_a_constant_prompt_is_its_bound():
 
 
 def test_a_run_writes_the_interval_the_gain_and_the_plot(tmp_path):
-    recipe = load_recipe(SMOKE, ["distill.method=ekd+fpg", "distill.epochs=1", "distill.explore.steps=5"])
+    recipe = load_recipe(SMOKE, ["distill.method=ekd+fpg", "distill.epochs=1", "distill.explore.steps=5",
+                                 "distill.explore.select_every=2"])
     result = distill(recipe, prepare_run_dir(tmp_path / "run", recipe.name, resume=False), progress=False)
     ex = json.loads((result.run_dir / "explore.json").read_text())
-    assert ex["steps"] == 5
+    assert ex["steps"] == 5 and ex["probe_init"] == "clean"
+    # the prompt kept is the best-scoring step on val, the identity (step 0) among the candidates
+    scores = {s["step"]: s["val_balanced_accuracy"] for s in ex["selection"]}
+    assert list(scores) == [0, 2, 4, 5] and scores[ex["selected_step"]] == max(scores.values())
+    assert scores[0] > 0.25  # the probe starts fitted to the clean features (chance is 0.25)
     p = ex["probe"]
     assert p["seeds"] == 5 and p["val_images"] == 16 and p["converged"]
     for side in ("clean", "prompted"):

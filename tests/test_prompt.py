@@ -259,3 +259,39 @@ def test_from_config_and_input_untouched() -> None:
     x_copy = x.clone()
     fpg(x)
     assert torch.equal(x, x_copy)
+
+
+def test_smooth_gain_is_a_partition_of_unity_over_radius_and_orientation():
+    from fopro_edge.prompt.fourier import radial_frequency, smooth_basis
+
+    basis = smooth_basis(24, 24, radial_bins=5, orientation_bins=4)
+    assert basis.shape == (24, 13, 20)
+    torch.testing.assert_close(basis.sum(-1), torch.ones(24, 13))
+    fpg = FourierPromptGenerator(24, conditional=False, gain="smooth", radial_bins=5, orientation_bins=4)
+    assert fpg.prompt.shape == (3, 20)
+    with torch.no_grad():  # one radial value raised: the gain follows the radius, not single bins
+        fpg.prompt[:, :4] = 2.0  # radial centre 0 (all orientations)
+    lg = fpg.log_gain(torch.rand(1, 3, 24, 24))
+    r = radial_frequency(24, 24)
+    assert float(lg[0][(r > 0) & (r < 0.1)].min()) > float(lg[0][r > 0.5].max())  # unconditional: C×H×(W//2+1)
+
+
+def test_a_shared_prompt_gives_every_channel_the_same_gain():
+    fpg = FourierPromptGenerator(16, prompt_channels=1)
+    with torch.no_grad():
+        fpg.prompt.normal_()
+    grey = torch.rand(2, 1, 16, 16).expand(2, 3, 16, 16)
+    out = fpg(grey)
+    torch.testing.assert_close(out[:, 0], out[:, 1])  # a grey image stays grey
+    torch.testing.assert_close(out[:, 1], out[:, 2])
+
+
+@pytest.mark.parametrize("gain", ["bins", "smooth"])
+def test_a_random_prompt_has_the_requested_mean_abs_log_gain(gain):
+    fpg = FourierPromptGenerator(32, conditional=False, gain=gain)
+    fpg.randomise_(0.2, torch.Generator().manual_seed(0))
+    lg = fpg.log_gain(torch.rand(1, 3, 32, 32))
+    in_band = fpg.mask.bool().expand_as(lg)
+    assert float(lg[in_band].abs().mean()) == pytest.approx(0.2, rel=0.05)  # hermitian averaging moves it a little
+    again = FourierPromptGenerator(32, conditional=False, gain=gain).randomise_(0.2, torch.Generator().manual_seed(0))
+    assert torch.equal(again.prompt, fpg.prompt)

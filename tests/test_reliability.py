@@ -169,7 +169,8 @@ def test_offline_digits_demo_with_the_packaged_teacher_and_sockets_blocked(tmp_p
     _block_network(monkeypatch)
     overrides = [
         "distill.epochs=1", "distill.explore.steps=4", "data.demo.max_per_class=10", "data.demo.imbalance_ratio=2",
-        "data.demo.eval_per_class=2", "data.image_size=32", "data.batch_size=8", "runtime.device=cpu", "runtime.threads=1",
+        "data.demo.eval_per_class=2", "data.image_size=32", "teacher.image_size=32", "data.batch_size=8", "runtime.device=cpu",
+        "runtime.threads=1",
         "optim.warmup_epochs=0",
     ]
     recipe = load_recipe(DEMO, overrides)

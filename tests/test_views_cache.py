@@ -159,3 +159,15 @@ def test_with_the_cache_the_teacher_is_not_run_in_training_and_every_method_sees
     np.testing.assert_array_equal(bsm.train_set.choice, ekd.train_set.choice)
     i = int(batch["index"][0])
     torch.testing.assert_close(bsm.train_set[i]["student"], ekd.train_set[i]["student"], rtol=0, atol=0)
+
+
+def test_the_random_prompt_control_is_fixed_and_grey_images_get_one_gain(tmp_path):
+    tr = _trainer(tmp_path, "distill.method=ekd+randfpg", "prompt.random_log_gain=0.3")
+    assert tr.probe is None and not any(p.requires_grad for p in tr.prompt.parameters())
+    assert tr.prompt.size == (48, 48)
+    before = tr.prompt.prompt.clone()
+    tr._use_fixed_views()
+    assert tr.cache_info["teacher"] == "cached features"  # a fixed prompt: its features are cached too
+    tr._start_epoch(0)
+    tr.train_step(next(iter(tr.loader)), 0)
+    assert torch.equal(tr.prompt.prompt, before)

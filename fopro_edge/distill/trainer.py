@@ -543,13 +543,14 @@ def cache_enabled(recipe: Recipe, rt: Runtime) -> bool:
 
 
 def _build_prompt(r: Recipe, size: int, train_images) -> nn.Module:
-    """The FPG at the teacher's resolution; for ``ekd+randfpg`` a fixed random one, seeded by the run's seed."""
+    """The FPG at the teacher's resolution; for ``ekd+randfpg`` a fixed random one (``prompt.random_seed``)."""
     from fopro_edge.prompt import FourierPromptGenerator
 
     shared = r.prompt.channels == "shared" or (r.prompt.channels == "auto" and _grey(train_images))
     prompt = FourierPromptGenerator.from_config(r.prompt, size, prompt_channels=1 if shared else None)
     if r.distill.method == "ekd+randfpg":
-        prompt.randomise_(r.prompt.random_log_gain, torch.Generator().manual_seed(r.seed))
+        seed = r.seed if r.prompt.random_seed is None else r.prompt.random_seed
+        prompt.randomise_(r.prompt.random_log_gain, torch.Generator().manual_seed(seed))
         for p in prompt.parameters():
             p.requires_grad_(False)
     return prompt
