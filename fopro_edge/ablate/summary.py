@@ -237,12 +237,22 @@ def _recipe_drift(plan: AblationPlan, cell: Cell) -> list[str]:
         old = load_recipe(saved, check_paths=False, saved=True).to_dict()
     except ConfigError as e:
         return [f"{cell.name}: its recipe.yaml cannot be read by this version ({e})"]
-    new = load_recipe(plan.recipe, cell.overrides(plan.overrides), check_paths=False).to_dict()
-    keys = [k for k in _flat_diff(old, new) if not k.startswith("runtime.")]
+    from fopro_edge.models.teacher import with_teacher_size
+
+    recipe = with_teacher_size(load_recipe(plan.recipe, cell.overrides(plan.overrides), check_paths=False))
+    unused = ("runtime.", *_unused_sections(recipe))
+    keys = [k for k in _flat_diff(old, recipe.to_dict()) if not k.startswith(unused)]
     if not keys:
         return []
     more = ", ..." if len(keys) > 8 else ""
     return [f"{cell.name}: trained with another recipe than this command's ({', '.join(keys[:8])}{more})"]
+
+
+def _unused_sections(recipe: Any) -> tuple[str, ...]:
+    """Recipe sections the cell's method never reads (a change there cannot make its results another recipe's)."""
+    m = recipe.distill.method
+    return (*(() if recipe.uses_prompt else ("prompt.",)), *(() if m in ("ekd+fpg", "fopro") else ("distill.explore.",)),
+            *(() if m == "fopro" else ("distill.akd.",)))
 
 
 def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:

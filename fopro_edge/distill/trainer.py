@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -44,7 +43,7 @@ from fopro_edge.io import atomic_write_json, atomic_write_text
 from fopro_edge.models import build_student, build_teacher
 from fopro_edge.models.hf_export import save_student_for_timm
 from fopro_edge.models.student import EKDHeads, feature_dim
-from fopro_edge.models.teacher import teacher_input_size
+from fopro_edge.models.teacher import with_teacher_size
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +224,8 @@ class Trainer:
         if self.fixed_views:
             self._use_fixed_views()
         log.info(
-            "training %s (%d px) -> %s (%d px) with %s on %s: %d train images, %d classes, %d steps/epoch, %s",
-            r.teacher.model if r.uses_teacher else "-", self.teacher_size, r.student.model, r.data.image_size,
+            "training %s -> %s (%d px) with %s on %s: %d train images, %d classes, %d steps/epoch, %s",
+            f"{r.teacher.model} ({self.teacher_size} px)" if r.uses_teacher else "-", r.student.model, r.data.image_size,
             r.distill.method, rt.device, len(self.train_set), len(self.class_names), self.steps_per_epoch,
             f"{r.distill.teacher_cache.views} fixed views per image" if self.fixed_views else "fresh augmentation every epoch",
         )
@@ -517,7 +516,6 @@ class Trainer:
         )
         return DistillResult(self.run_dir.path, self.run_dir.best_checkpoint, int(best["epoch"]), metrics, reports)
 
-
     def _views_info(self) -> dict[str, Any]:
         """How the student and the teacher saw the training images (metrics.json, the run report)."""
         r = self.recipe
@@ -528,12 +526,6 @@ class Trainer:
             out["prompt_size"] = self.teacher_size
         out["fixed_views"] = self.cache_info
         return out
-
-
-def with_teacher_size(recipe: Recipe) -> Recipe:
-    """The recipe with ``teacher.image_size`` resolved (the teacher's own input size unless the recipe sets one)."""
-    size = teacher_input_size(recipe.teacher) or recipe.data.image_size
-    return dataclasses.replace(recipe, teacher=dataclasses.replace(recipe.teacher, image_size=size))
 
 
 def cache_enabled(recipe: Recipe, rt: Runtime) -> bool:

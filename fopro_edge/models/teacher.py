@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from fopro_edge.config import TeacherConfig
+from fopro_edge.config import Recipe, TeacherConfig
 from fopro_edge.models.timm_factory import create_timm_model, load_weights_into
 
 
@@ -55,6 +57,12 @@ def teacher_input_size(cfg: TeacherConfig) -> int | None:
     pcfg = timm.get_pretrained_cfg(cfg.model, allow_unregistered=False) if timm.is_model(cfg.model) else None
     size = getattr(pcfg, "input_size", None) if pcfg is not None else None
     return int(size[-1]) if size else None
+
+
+def with_teacher_size(recipe: Recipe) -> Recipe:
+    """The recipe with ``teacher.image_size`` resolved (the teacher's own input size unless the recipe sets one)."""
+    size = teacher_input_size(recipe.teacher) or recipe.data.image_size
+    return dataclasses.replace(recipe, teacher=dataclasses.replace(recipe.teacher, image_size=size))
 
 
 def build_teacher(cfg: TeacherConfig) -> FrozenTeacher:
