@@ -171,7 +171,15 @@ def _build(plan: CachePlan, missing: list[str], wanted: dict[str, tuple[Path, di
             feature_parts.append(f.float().to(torch.float16).cpu())
             pending.clear()
 
-    for i in mine:
+    total, every = len(mine) * k, max(1, len(mine) // 10)
+    log.info("teacher cache: building %s of %d images × %d views%s", " and ".join(missing), n, k,
+             f" (rank {rt.rank}: {len(mine)} images)" if rt.distributed else "")
+    started = time.perf_counter()
+    for done, i in enumerate(mine):
+        if done and done % every == 0:
+            rate = done * k / (time.perf_counter() - started)
+            log.info("teacher cache: %d/%d views, %.1f views/s, about %.0f s left", done * k, total, rate,
+                     (total - done * k) / rate)
         for view in range(k):
             student, teacher = dataset.render_view(int(i), view)
             if "views" in missing:
