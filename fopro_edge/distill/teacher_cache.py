@@ -189,7 +189,9 @@ def _build(plan: CachePlan, missing: list[str], wanted: dict[str, tuple[Path, di
                 if len(pending) == plan.batch_size:
                     flush()
     flush()
-    tmp_root = plan.root / f".building-{digest([wanted[m][1] for m in missing])}"
+    # one folder per build (ranks of one torchrun share its id), so two runs building one entry never mix parts
+    build_id = os.environ.get("TORCHELASTIC_RUN_ID") or str(os.getpid())
+    tmp_root = plan.root / f".building-{digest([wanted[m][1] for m in missing])}-{build_id}"
     parts = {"index": torch.from_numpy(mine)}
     if student_parts:
         parts["views"] = torch.stack(student_parts).view(len(mine), k, *student_parts[0].shape)
@@ -217,8 +219,14 @@ def _assemble(tmp_root: Path, missing: list[str], wanted: dict[str, tuple[Path, 
         np.save(staging / "data.npy", full.numpy())
         atomic_write_json(staging / "meta.json", {"key": payload, "shape": list(full.shape), "dtype": str(full.dtype),
                                                   "created": time.strftime("%Y-%m-%d %H:%M:%S %z")})
+        if _valid(path, payload, tuple(full.shape[:2])):
+            continue  # another run finished the same entry meanwhile
         if path.exists():
             log.warning("teacher cache: %s is stale or incomplete; rebuilt", path)
-            shutil.rmtree(path)
-        os.replace(staging, path)
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.replace(staging, path)
+        except OSError:
+            if not _valid(path, payload, tuple(full.shape[:2])):
+                raise
     shutil.rmtree(tmp_root, ignore_errors=True)
