@@ -225,3 +225,16 @@ def test_same_runtime_fp32_adds_the_onnx_file_to_a_runtime_that_has_only_int8():
     assert added == [Target("onnx (in openvino) (f32)", "openvino", "fp32", path="m.onnx", group="mnv3", gate="PASSED",
                             options={"inference_precision": "f32"})]
     assert same_runtime_fp32([ort32, ort8]) == [] and same_runtime_fp32([ov8]) == []
+
+
+def test_a_runs_artifacts_are_timed_at_the_students_input_size(tmp_path):
+    import torch
+
+    # an artifact whose graph leaves the spatial size dynamic (as a QAT-KD IR can) still gets the run's size
+    _manifest(tmp_path / "export", "openvino", [("onnx", "onnx/model.onnx", "fp32", "PASSED"),
+                                                ("ir-int8", "ir-int8/model.xml", "int8", "PASSED")], "runs/x/export/openvino")
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"recipe": {"student": {"model": "s"}, "teacher": {"model": "t"}}, "image_size": 48,
+                "student": {"w": torch.zeros(2)}}, tmp_path / "checkpoints" / "best.pt")
+    targets = run_targets(tmp_path, student=False, teacher=False)
+    assert targets and {t.image_size for t in targets} == {48}

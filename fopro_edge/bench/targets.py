@@ -265,13 +265,14 @@ def run_targets(
     if not rd.path.is_dir():
         raise ConfigError(f"--run: {rd.path} is not a directory (give a run directory written by fopro-edge distill)")
     ckpt = rd.best_checkpoint if rd.best_checkpoint.is_file() else rd.last_checkpoint
-    group = None
+    group = image_size = None
     out: list[Target] = []
     if ckpt.is_file():
         import torch
 
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         group = state["recipe"]["student"]["model"]
+        image_size = state.get("image_size")  # the student's input: every artifact of the run takes it
         teacher_model = state["recipe"]["teacher"]["model"]
         size = _state_dict_bytes(state["student"])
         spec = {"source": "checkpoint", "path": str(ckpt)}
@@ -305,8 +306,9 @@ def run_targets(
     if not found:
         log.warning("no exported artifact under %s: only the PyTorch baselines are measured", export_root)
     for f in found:
-        out += targets_for_artifact(f.path, openvino_precisions=openvino_precisions, ort_providers=ort_providers,
-                                    precision=f.precision, gate=f.gate, group=group, label=f.label, options=f.options)
+        out += [replace(t, image_size=image_size) for t in targets_for_artifact(
+            f.path, openvino_precisions=openvino_precisions, ort_providers=ort_providers, precision=f.precision,
+            gate=f.gate, group=group, label=f.label, options=f.options)]
     return _unique_names(out + same_runtime_fp32(out))
 
 
