@@ -91,7 +91,7 @@ def main() -> None:
     splits = build_splits(recipe.data, recipe.seed)
     stats = compute_longtail_stats(splits.train.labels, list(splits.class_names), recipe.data.groups)
     groups = {"few": list(stats.group_ids("few")),
-              "tail": [i for i, t in enumerate(tail_members(stats.group_of(), list(stats.counts),
+              "tail": [i for i, t in enumerate(tail_members(list(stats.groups), list(stats.counts),
                                                              recipe.data.groups.tail_below)) if t]}
     teacher = build_teacher(recipe.teacher).eval()
     t_tf = build_transform(teacher.image_size, "none", training=False)
