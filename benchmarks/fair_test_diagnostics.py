@@ -39,10 +39,9 @@ def _recall_scores(y: np.ndarray, pred: np.ndarray, groups: dict[str, list[int]]
     return out
 
 
-@torch.no_grad()
-def _student_projection(cell: Path, dataset) -> np.ndarray:
+def _distill_net(cell: Path):
+    """The student with its EKD heads at the cell's last epoch (eval mode)."""
     from fopro_edge.config import recipe_from_dict
-    from fopro_edge.data import CheckedDataLoader
     from fopro_edge.distill.checkpoint import load_checkpoint
     from fopro_edge.distill.method import DistillNet
     from fopro_edge.models import build_student
@@ -55,7 +54,13 @@ def _student_projection(cell: Path, dataset) -> np.ndarray:
     t_dim = state["net"]["heads.projector.3.weight"].shape[0]
     net = DistillNet(student, EKDHeads(s_dim, recipe.student.projector_hidden or s_dim, t_dim, len(state["class_names"])))
     net.load_state_dict(state["net"])
-    net.eval()
+    return net.eval()
+
+
+@torch.no_grad()
+def _projection(net, dataset) -> np.ndarray:
+    from fopro_edge.data import CheckedDataLoader
+
     out = []
     for x, _, _ in CheckedDataLoader(dataset, batch_size=256, shuffle=False):
         out.append(net(x)[1].float().numpy())
@@ -109,8 +114,8 @@ def main() -> None:
         feature_dir = next(Path(d) for d in metrics["views"]["fixed_views"]["dirs"] if Path(d).name.startswith("features-"))
         cached = np.load(feature_dir / "data.npy").astype(np.float32)
         mean_t = cached.reshape(-1, cached.shape[-1]).mean(0, keepdims=True)
-        q_train = _student_projection(cell, ImageDataset(splits.train, s_tf))
-        q_val = _student_projection(cell, ImageDataset(splits.val, s_tf))
+        net = _distill_net(cell)
+        q_train, q_val = _projection(net, ImageDataset(splits.train, s_tf)), _projection(net, ImageDataset(splits.val, s_tf))
         probe, _ = fit_probe(q_train, y_train)
         history = [json.loads(line) for line in (cell / "history.jsonl").read_text().splitlines() if line.strip()]
         rows.append({

@@ -129,12 +129,8 @@ class FixedViews(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         k = int(self.choice[i])
         item: dict[str, Any] = {"label": int(self.images.labels[i]), "index": int(i), "view": k}
-        teacher = None
-        if self.stored is not None and not self.teacher_views:
-            item["student"] = self.stored[i, k].float().div_(255.0)
-        else:
-            student, teacher = self.render_view(i, k)
-            item["student"] = student if self.stored is None else self.stored[i, k].float().div_(255.0)
+        student, teacher = self.render_view(i, k) if self.stored is None or self.teacher_views else (None, None)
+        item["student"] = student if self.stored is None else self.stored[i, k].float().div_(255.0)
         if self.features is not None:
             item["teacher_features"] = self.features[i, k]
         elif self.teacher_views:

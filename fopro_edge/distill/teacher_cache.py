@@ -141,9 +141,6 @@ def ensure(plan: CachePlan, rt: Runtime) -> CacheEntry:
         _build(plan, missing, wanted, rt)
     rt.barrier()
     arrays = {name: torch.from_numpy(np.load(path / "data.npy")) for name, (path, _) in wanted.items()}
-    for name, (path, payload) in wanted.items():
-        if not _valid(path, payload, (n, k)):
-            raise RuntimeError(f"teacher cache: {path} does not hold the entry just built")
     seconds = time.perf_counter() - started
     if missing:
         log.info("teacher cache: built %s in %.1f s (%d images × %d views)", " and ".join(missing), seconds, n, k)
